@@ -1,0 +1,5 @@
+"""``python -m edgetok`` runs the CLI."""
+
+from edgetok.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""The device path never imports torch: run it in subprocesses where ``import torch`` fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgetok.cli import COMMAND_MODULES
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
+DEVICE_MODULES = ["edgetok", "edgetok.cli", *[f"edgetok.cli.{m}" for m in COMMAND_MODULES]]
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_blocking_really_blocks_torch() -> None:
+    result = _run("import torch")
+    assert result.returncode != 0
+    assert "torch" in result.stderr
+
+
+@pytest.mark.parametrize("module", DEVICE_MODULES)
+def test_device_modules_import_without_torch(module: str) -> None:
+    result = _run(
+        f"import importlib; importlib.import_module({module!r})\n"
+        "assert sys.modules.get('torch') is None, 'torch was imported'\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", ["--help", *[[name, "--help"] for name in COMMAND_MODULES]])
+def test_cli_help_without_torch(command: str | list[str]) -> None:
+    args = [command] if isinstance(command, str) else command
+    result = _run(f"from edgetok.cli import main\nmain({args!r})")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
