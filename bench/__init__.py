@@ -1,0 +1,1 @@
+"""Build-time benchmarks (never imported by the device path)."""
