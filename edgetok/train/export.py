@@ -1,0 +1,173 @@
+"""ONNX export with the contract's I/O names and dynamic axes, checked in onnxruntime.
+
+Uses the dynamo exporter (``dynamo=True``): the legacy one keeps traced lengths
+(shared/TOOLCHAIN.md). Each ``export_<role>`` writes one self-contained .onnx file, runs
+it in onnxruntime at two lengths other than the export example, and returns the largest
+absolute difference from torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetok.train.models import (
+    Aggregator,
+    Decoder,
+    EntropyLM,
+    EntropyLMExport,
+    TokenizerEncoder,
+    TokenizerExport,
+)
+
+OPSET = 18
+Inputs = tuple[torch.Tensor, ...]
+
+
+def export_onnx(
+    module: nn.Module,
+    example_inputs: Inputs,
+    path: str | Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: dict[str, dict[int, str]],
+) -> Path:
+    """Export ``module`` (put in eval mode) to a single-file ONNX at ``path``.
+
+    ``dynamic_shapes`` maps each input name to ``{axis: axis_name}``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    with warnings.catch_warnings():
+        # Inputs sharing an axis name (N, L, B) make the exporter warn that it keeps one.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
+        torch.onnx.export(
+            module,
+            example_inputs,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    return path
+
+
+def max_abs_diff(module: nn.Module, path: str | Path, input_sets: Sequence[Inputs]) -> float:
+    """Largest |onnxruntime - torch| over all outputs and input sets."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    module.eval()
+    worst = 0.0
+    for inputs in input_sets:
+        with torch.no_grad():
+            expected = module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
+        for got, want in zip(session.run(None, feeds), expected, strict=True):
+            if got.shape != tuple(want.shape):
+                raise AssertionError(f"{path}: shape {got.shape} != torch {tuple(want.shape)}")
+            worst = max(worst, float(np.max(np.abs(got - want.numpy()), initial=0.0)))
+    return worst
+
+
+def _export_and_check(
+    module: nn.Module,
+    make_inputs: Callable[..., Inputs],
+    path: str | Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: dict[str, dict[int, str]],
+    example: tuple[int, ...],
+    checks: Sequence[tuple[int, ...]],
+) -> float:
+    """Export with ``make_inputs(*example)``; compare at ``make_inputs(*c)`` for c in checks."""
+    gen = torch.Generator().manual_seed(0)
+    export_onnx(module, make_inputs(gen, *example), path, input_names, output_names, dynamic_shapes)
+    return max_abs_diff(module, path, [make_inputs(gen, *c) for c in checks])
+
+
+def export_tokenizer(enc: TokenizerEncoder, path: str | Path) -> float:
+    """``mel`` [B, T, 80] -> ``features`` [B, ceil(T/2), 256]; returns the ORT max abs diff."""
+
+    def make(gen: torch.Generator, b: int, t: int) -> Inputs:
+        return (torch.randn(b, t, enc.cfg.n_mels, generator=gen),)
+
+    return _export_and_check(
+        TokenizerExport(enc),
+        make,
+        path,
+        ["mel"],
+        ["features"],
+        {"mel": {0: "B", 1: "T"}},
+        example=(2, 100),
+        checks=[(1, 37), (3, 250)],
+    )
+
+
+def export_entropy_lm(lm: EntropyLM, path: str | Path) -> float:
+    """``tokens`` [B, T] -> ``entropy`` [B, T], ``logits`` [B, T, K]; returns ORT max abs diff."""
+
+    def make(gen: torch.Generator, b: int, t: int) -> Inputs:
+        return (torch.randint(0, lm.cfg.vocab_size, (b, t), generator=gen),)
+
+    return _export_and_check(
+        EntropyLMExport(lm),
+        make,
+        path,
+        ["tokens"],
+        ["entropy", "logits"],
+        {"tokens": {0: "B", 1: "T"}},
+        example=(2, 50),
+        checks=[(1, 17), (3, 130)],
+    )
+
+
+def export_aggregator(agg: Aggregator, path: str | Path) -> float:
+    """``tokens`` [N, L], ``mask`` [N, L] -> ``vectors`` [N, 256]; returns ORT max abs diff."""
+
+    def make(gen: torch.Generator, n: int, length: int) -> Inputs:
+        tokens = torch.randint(0, agg.cfg.vocab_size, (n, length), generator=gen)
+        lengths = torch.randint(1, length + 1, (n,), generator=gen)
+        return tokens, torch.arange(length)[None, :] < lengths[:, None]
+
+    return _export_and_check(
+        agg,
+        make,
+        path,
+        ["tokens", "mask"],
+        ["vectors"],
+        {"tokens": {0: "N", 1: "L"}, "mask": {0: "N", 1: "L"}},
+        example=(6, 8),
+        checks=[(3, 1), (11, agg.cfg.max_len)],
+    )
+
+
+def export_decoder(dec: Decoder, path: str | Path) -> float:
+    """``prefix`` [B, S, 256], ``text`` [B, U] -> ``logits`` [B, U, V]; returns ORT max abs diff."""
+
+    def make(gen: torch.Generator, b: int, s: int, u: int) -> Inputs:
+        prefix = torch.randn(b, s, dec.cfg.prefix_dim, generator=gen)
+        return prefix, torch.randint(0, dec.cfg.vocab_size, (b, u), generator=gen)
+
+    return _export_and_check(
+        dec,
+        make,
+        path,
+        ["prefix", "text"],
+        ["logits"],
+        {"prefix": {0: "B", 1: "S"}, "text": {0: "B", 1: "U"}},
+        example=(2, 12, 9),
+        checks=[(1, 5, 1), (3, 40, 23)],
+    )
