@@ -1,0 +1,189 @@
+"""``edgetok train``: the training stages of the default models (needs the train extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+STAGES = ("tokenizer", "codebook", "tokenize", "lm", "score", "decoder")
+
+
+def _corpus_option(f):
+    return click.option(
+        "--corpus",
+        "corpus_dir",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Corpus directory (default: <cache>/corpus/v1).",
+    )(f)
+
+
+def _loop_options(f):
+    for option in reversed(
+        [
+            click.option("--steps", type=int, default=None, help="Total optimizer steps."),
+            click.option("--lr", type=float, default=None, help="Peak learning rate."),
+            click.option(
+                "--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this."
+            ),
+            click.option("--threads", type=int, default=2, show_default=True),
+            click.option("--run", "run_name", default=None, help="Run name under <cache>/runs."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _setup(corpus_dir: Path | None, run_name: str, **loop_kwargs):
+    try:
+        from edgetok.train.loop import LoopConfig
+        from edgetok.train.paths import cache_dir, runs_dir
+    except ImportError as e:  # torch missing
+        raise click.ClickException(
+            f"training needs the train extra ({e}); run: pip install torch==2.13.0 "
+            "&& pip install 'edgetok[train]'"
+        ) from e
+    corpus = corpus_dir or cache_dir() / "corpus" / "v1"
+    if not (corpus / "train.jsonl").exists():
+        raise click.ClickException(
+            f"{corpus}: no train.jsonl; build the corpus with `edgetok corpus build`"
+        )
+    loop = LoopConfig(**{k: v for k, v in loop_kwargs.items() if v is not None})
+    return corpus, runs_dir() / run_name, loop
+
+
+@click.group(name="train")
+def command() -> None:
+    """Train the default models, stage by stage; every stage resumes where it stopped.
+
+    Order: tokenizer -> codebook -> tokenize -> lm -> score -> decoder (per mode).
+    Checkpoints and caches live under $EDGETOK_CACHE (default ~/.cache/edgetok).
+    """
+
+
+@command.command("tokenizer")
+@_corpus_option
+@_loop_options
+@click.option("--max-frames", type=int, default=12_000, show_default=True, help="Frames/batch.")
+def tokenizer_cmd(corpus_dir, run_name, max_frames, **loop_kwargs) -> None:
+    """Train the tokenizer encoder with character CTC."""
+    corpus, run_dir, loop = _setup(corpus_dir, run_name or "tokenizer", **loop_kwargs)
+    from edgetok.train.fit_tokenizer import train_tokenizer
+
+    train_tokenizer(corpus, run_dir, loop, max_frames=max_frames)
+
+
+@command.command("codebook")
+@_corpus_option
+@click.option("--run", "run_name", default="tokenizer", show_default=True)
+@click.option("-k", "k", type=int, default=512, show_default=True, help="Codebook size.")
+@click.option("--sample-frames", type=int, default=300_000, show_default=True)
+def codebook_cmd(corpus_dir, run_name, k, sample_frames) -> None:
+    """Fit the k-means codebook on the tokenizer's token-layer features."""
+    corpus, run_dir, _ = _setup(corpus_dir, run_name)
+    from edgetok.train.fit_tokenizer import fit_codebook
+
+    fit_codebook(corpus, run_dir, k=k, sample_frames=sample_frames)
+
+
+@command.command("tokenize")
+@_corpus_option
+@click.option("--run", "run_name", default="tokenizer", show_default=True)
+def tokenize_cmd(corpus_dir, run_name) -> None:
+    """Turn every split of the corpus into token ids (cached)."""
+    corpus, run_dir, _ = _setup(corpus_dir, run_name)
+    from edgetok.train.fit_tokenizer import tokenize_corpus
+
+    tokenize_corpus(corpus, run_dir)
+
+
+@command.command("lm")
+@_corpus_option
+@_loop_options
+@click.option("--max-tokens", type=int, default=16_000, show_default=True, help="Tokens/batch.")
+def lm_cmd(corpus_dir, run_name, max_tokens, **loop_kwargs) -> None:
+    """Train the causal entropy LM on the train split's tokens."""
+    corpus, run_dir, loop = _setup(corpus_dir, run_name or "entropy_lm", **loop_kwargs)
+    from edgetok.train.fit_lm import train_lm
+
+    train_lm(corpus, run_dir, loop, max_tokens=max_tokens)
+
+
+@command.command("score")
+@_corpus_option
+@click.option("--run", "run_name", default="entropy_lm", show_default=True)
+def score_cmd(corpus_dir, run_name) -> None:
+    """Write every split's per-token entropies (cached)."""
+    corpus, run_dir, _ = _setup(corpus_dir, run_name)
+    from edgetok.train.fit_lm import score_corpus
+
+    score_corpus(corpus, run_dir)
+
+
+@command.command("decoder")
+@_corpus_option
+@_loop_options
+@click.option(
+    "--mode",
+    type=click.Choice(["entropy", "fixed", "dense"]),
+    default="entropy",
+    show_default=True,
+    help="Entropy segments, fixed-rate pooling at the same rate, or dense 50 Hz tokens.",
+)
+@click.option("--target-hz", type=float, default=15.0, show_default=True)
+@click.option("--min-len", type=int, default=1, show_default=True)
+@click.option("--max-len", type=int, default=8, show_default=True)
+@click.option("--max-positions", type=int, default=8_000, show_default=True)
+def decoder_cmd(
+    corpus_dir, run_name, mode, target_hz, min_len, max_len, max_positions, **loop_kwargs
+) -> None:
+    """Train aggregator + decoder jointly for ASR over MODE segments."""
+    corpus, run_dir, loop = _setup(corpus_dir, run_name or f"decoder_{mode}", **loop_kwargs)
+    from edgetok.train.fit_decoder import train_decoder
+
+    train_decoder(
+        corpus,
+        run_dir,
+        loop,
+        mode=mode,
+        target_hz=target_hz,
+        min_len=min_len,
+        max_len=max_len,
+        max_positions=max_positions,
+    )
+
+
+@command.command("bundle")
+@_corpus_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bundle directory (default: the package's edgetok/models/default).",
+)
+@click.option("--tokenizer-run", default="tokenizer", show_default=True)
+@click.option("--lm-run", default="entropy_lm", show_default=True)
+@click.option("--decoder-run", default="decoder_entropy", show_default=True)
+@click.option(
+    "--sample-voice",
+    default="flite_rms",
+    show_default=True,
+    help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
+)
+def bundle_cmd(corpus_dir, out, tokenizer_run, lm_run, decoder_run, sample_voice) -> None:
+    """Export the trained runs as a bundle: FP32 ONNX, codebook, manifest, sample WAV."""
+    corpus, runs, _ = _setup(corpus_dir, ".")
+    from edgetok.train.make_bundle import make_bundle, write_sample_wav
+
+    out = out or Path(__file__).resolve().parents[1] / "models" / "default"
+    sample = write_sample_wav(corpus, sample_voice, runs / "sample.wav")
+    bundle = make_bundle(
+        out,
+        tokenizer_run=runs / tokenizer_run,
+        lm_run=runs / lm_run,
+        decoder_run=runs / decoder_run,
+        corpus_dir=corpus,
+        sample_wav=sample,
+    )
+    click.echo(f"wrote {bundle.manifest_path}")

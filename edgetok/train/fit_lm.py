@@ -1,0 +1,76 @@
+"""Stage 2: the causal entropy LM over semantic tokens, and the entropies it gives.
+
+``train_lm`` fits next-token prediction on the train split's tokens; ``score_corpus``
+writes each split's per-token entropies (nats), the input of the segmenter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edgetok.train.batching import bucketed_batches, pad_stack
+from edgetok.train.loop import LoopConfig, TrainingRun
+from edgetok.train.models import EntropyLM
+from edgetok.train.tokenset import TokenSet, entropy_path, load_tokens
+
+
+def token_batch(tokens: TokenSet, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded token ids [B, T] and lengths [B]."""
+    ids, lengths = pad_stack([tokens.utterance(i) for i in idx])
+    return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+
+def load_lm(run_dir: Path) -> EntropyLM:
+    """The LM of a run, in eval mode."""
+    lm = EntropyLM()
+    lm.load_state_dict(torch.load(run_dir / "last.pt", map_location="cpu")["model"])
+    return lm.eval()
+
+
+def train_lm(
+    corpus_dir: Path, run_dir: Path, loop: LoopConfig, *, max_tokens: int = 16_000
+) -> None:
+    """Train (or resume) the entropy LM in ``run_dir``."""
+    train = load_tokens(corpus_dir, "train")
+    dev = load_tokens(corpus_dir, "dev")
+    lm = EntropyLM()
+    run = TrainingRun(run_dir, lm, loop)
+
+    def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, lengths = token_batch(train, idx)
+        return lm.loss(ids, lengths), {}
+
+    def evaluate() -> dict[str, float]:
+        losses, weights = [], []
+        for start in range(0, min(len(dev), 512), 32):
+            idx = list(range(start, min(start + 32, len(dev))))
+            ids, lengths = token_batch(dev, idx)
+            losses.append(float(lm.loss(ids, lengths)) * int(lengths.sum()))
+            weights.append(int(lengths.sum()))
+        nll = sum(losses) / sum(weights)
+        return {"dev_nll": nll, "dev_ppl": float(np.exp(nll))}
+
+    batches = bucketed_batches(train.lengths, max_frames=max_tokens, seed=loop.seed + run.step)
+    run.train(batches, loss_fn, evaluate=evaluate, desc="entropy-lm")
+
+
+@torch.no_grad()
+def score_corpus(corpus_dir: Path, run_dir: Path, splits=("train", "dev", "test")) -> None:
+    """Per-token entropies of every split, saved beside the token cache."""
+    lm = load_lm(run_dir)
+    for split in splits:
+        tokens = load_tokens(corpus_dir, split)
+        entropy = np.zeros(len(tokens.tokens), dtype=np.float32)
+        order = np.argsort(tokens.lengths)
+        for start in tqdm(range(0, len(order), 64), desc=f"entropy {split}", unit="batch"):
+            idx = order[start : start + 64].tolist()
+            ids, lengths = token_batch(tokens, idx)
+            h = EntropyLM.entropy(lm(ids)).numpy()
+            for row, i in enumerate(idx):
+                begin = int(tokens.offsets[i])
+                entropy[begin : begin + int(lengths[row])] = h[row, : int(lengths[row])]
+        np.save(entropy_path(corpus_dir, split), entropy)
