@@ -24,6 +24,8 @@ def _loop_options(f):
         [
             click.option("--steps", type=int, default=None, help="Total optimizer steps."),
             click.option("--lr", type=float, default=None, help="Peak learning rate."),
+            click.option("--warmup", type=int, default=None, help="Linear warm-up steps."),
+            click.option("--eval-every", type=int, default=None, help="Steps between evals."),
             click.option(
                 "--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this."
             ),
@@ -187,3 +189,15 @@ def bundle_cmd(corpus_dir, out, tokenizer_run, lm_run, decoder_run, sample_voice
         sample_wav=sample,
     )
     click.echo(f"wrote {bundle.manifest_path}")
+
+
+@command.command("export-baselines")
+@click.option("--runs", "run_names", multiple=True, default=("decoder_dense", "decoder_fixed"))
+def export_baselines_cmd(run_names) -> None:
+    """Export baseline decoders (dense, fixed-rate) for `edgetok eval --baseline`."""
+    from edgetok.train.make_bundle import export_decoder_pack
+    from edgetok.train.paths import cache_dir, runs_dir
+
+    for name in run_names:
+        out = export_decoder_pack(runs_dir() / name, cache_dir() / "exports" / name)
+        click.echo(f"wrote {out}")

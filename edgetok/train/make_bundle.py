@@ -164,3 +164,19 @@ def write_sample_wav(corpus_dir: Path, voice: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, audio, rate, subtype="PCM_16")
     return out
+
+
+def export_decoder_pack(decoder_run: Path, out_dir: Path) -> Path:
+    """Aggregator + decoder ONNX and ``compression.json`` of one decoder run.
+
+    The default bundle ships only the entropy decoder; ``edgetok eval`` compares it with
+    the dense and fixed-rate baselines exported here (``--baseline MODE=DIR``).
+    """
+    from edgetok.train.fit_decoder import COMPRESSION_FILE
+
+    model, compression = load_speech_to_text(decoder_run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_aggregator(model.aggregator, out_dir / MODEL_FILES["aggregator"])
+    export_decoder(model.decoder, out_dir / MODEL_FILES["decoder"])
+    (out_dir / COMPRESSION_FILE).write_text(json.dumps(compression.to_dict(), indent=2))
+    return out_dir
