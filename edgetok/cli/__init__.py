@@ -13,7 +13,15 @@ import click
 from edgetok import __version__
 
 #: Command modules, each defining ``command`` (a click.Command). Only working commands.
-COMMAND_MODULES: tuple[str, ...] = ("segment", "info", "corpus", "train")
+COMMAND_MODULES: tuple[str, ...] = (
+    "segment",
+    "info",
+    "corpus",
+    "train",
+    "transcribe",
+    "eval",
+    "inspect",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

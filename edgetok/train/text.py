@@ -1,4 +1,5 @@
-"""Character vocabulary, text normalisation and packaged English sentence sources.
+"""Text normalisation, packaged English sentence sources, and the character vocabulary
+(defined in the torch-free ``edgetok.vocab``, re-exported here).
 
 Labels and TTS input come from one token stream (``text_pair``): the TTS input keeps light
 punctuation (for prosody) and ``normalize_text`` is the same words without it, so the
@@ -11,12 +12,15 @@ import functools
 import random
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-PAD, BOS, EOS = 0, 1, 2
-VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", " ", "'", *"abcdefghijklmnopqrstuvwxyz")
-_CHAR_ID = {c: i for i, c in enumerate(VOCAB) if i > EOS}
+from edgetok.vocab import BOS as BOS
+from edgetok.vocab import EOS as EOS
+from edgetok.vocab import PAD as PAD
+from edgetok.vocab import VOCAB as VOCAB
+from edgetok.vocab import decode_ids as decode_ids
+from edgetok.vocab import encode_text as encode_text
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -24,16 +28,6 @@ WORDNET_DIR = Path("/usr/share/wordnet")
 TEXT_PACKAGES: tuple[str, ...] = ("fortunes", "fortunes-min", "wordnet-base")
 
 MIN_WORDS, MAX_WORDS = 3, 25
-
-
-def encode_text(text: str) -> list[int]:
-    """Normalised text -> character ids (no BOS/EOS); raises on characters outside VOCAB."""
-    return [_CHAR_ID[c] for c in text]
-
-
-def decode_ids(ids: Iterable[int]) -> str:
-    """Character ids -> text; special ids are dropped."""
-    return "".join(VOCAB[i] for i in ids if i > EOS)
 
 
 # --- number speller --------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Options and helpers shared by the commands that run the models (transcribe, eval, inspect).
+
+Heavy modules (onnxruntime sessions, numba) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from edgetok.bundle import Bundle
+    from edgetok.runtime import SessionOptions
+    from edgetok.stages import Transcriber, Transcript
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bundle_option(f: F) -> F:
+    return click.option(
+        "--bundle",
+        "bundle_path",
+        type=click.Path(exists=True, path_type=Path),
+        help="Model bundle directory (or its bundle.toml) [default: the bundle shipped "
+        "with edgetok].",
+    )(f)
+
+
+def threads_option(f: F) -> F:
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Intra-op threads of each model session.",
+    )(f)
+
+
+def open_bundle(path: Path | None) -> Bundle:
+    """The bundle at ``path`` (default: the shipped one), or a click error saying why not."""
+    from edgetok.bundle import BundleError, default_bundle_path, load_bundle
+
+    try:
+        return load_bundle(path or default_bundle_path())
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def session_options(threads: int) -> SessionOptions:
+    from edgetok.runtime import SessionOptions
+
+    return SessionOptions(threads=threads)
+
+
+def open_transcriber(path: Path | None, threads: int) -> Transcriber:
+    """A ``Transcriber`` over the bundle at ``path`` with its own decoder pack."""
+    from edgetok.bundle import BundleError
+    from edgetok.stages import Transcriber
+
+    bundle = open_bundle(path)
+    try:
+        return Transcriber(bundle, options=session_options(threads))
+    except (BundleError, ValueError, OSError) as exc:
+        raise click.ClickException(f"{bundle.manifest_path}: {exc}") from None
+
+
+def transcript_summary(transcript: Transcript) -> dict[str, Any]:
+    """The JSON-ready numbers of a transcript (``edgetok transcribe --json``)."""
+    return {
+        "text": transcript.text,
+        "duration_s": transcript.duration_s,
+        "tokens": len(transcript.tokens),
+        "segments": len(transcript.starts),
+        "tokens_per_s": transcript.tokens_per_s,
+        "segments_per_s": transcript.segments_per_s,
+        "rtf": transcript.rtf,
+        "timings": transcript.timings,
+    }
+
+
+def transcript_line(transcript: Transcript) -> str:
+    """One line: duration, tokens/s -> segments/s, real-time factor."""
+    t = transcript
+    return (
+        f"{t.duration_s:.2f} s: {len(t.tokens)} tokens ({t.tokens_per_s:.1f}/s) -> "
+        f"{len(t.starts)} segments ({t.segments_per_s:.1f}/s), RTF {t.rtf:.3f}"
+    )
+
+
+def read_audio(path: Path, sample_rate: int) -> Any:
+    """``load_audio`` with its ``AudioError`` as a click error."""
+    from edgetok.audio import AudioError, load_audio
+
+    try:
+        return load_audio(path, sample_rate)
+    except AudioError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,140 @@
+"""``edgetok eval``: WER/CER and measured rates of entropy segments, baselines, pocketsphinx."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgetok.cli._common import bundle_option, open_transcriber, session_options, threads_option
+
+ENTROPY = "entropy"
+EVAL_EXTRA = "pip install 'edgetok[eval]'"
+
+
+def _baselines(values: tuple[str, ...], taken: tuple[str, ...]) -> dict[str, Path]:
+    """``NAME=DIR`` options as {name: directory}; a name in ``taken`` is an error."""
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise click.BadParameter(f"{value!r} is not NAME=DIR", param_hint="--baseline")
+        if name in out or name in taken:
+            raise click.BadParameter(f"system name {name!r} is taken", param_hint="--baseline")
+        out[name] = Path(directory)
+    return out
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """The systems table and the per-voice WER table of an ``evaluate`` result."""
+    systems = result["systems"]
+    lines = [
+        f"{result['utterances']} utterances, {result['audio_s']:.1f} s of audio",
+        "",
+        f"{'system':<14} {'utts':>5} {'WER':>7} {'CER':>7} {'tokens/s':>9} "
+        f"{'segments/s':>11} {'RTF':>7}",
+    ]
+    for name, s in systems.items():
+        lines.append(
+            f"{name:<14} {s['utterances']:>5} {_percent(s['wer']):>7} {_percent(s['cer']):>7} "
+            f"{_rate(s['tokens_per_s']):>9} {_rate(s['segments_per_s']):>11} {s['rtf']:>7.3f}"
+        )
+    voices = sorted({voice for s in systems.values() for voice in s["voices"]})
+    width = max([len("WER by voice"), *(len(v) + 6 for v in voices)])
+    lines += ["", f"{'WER by voice':<{width}} " + " ".join(f"{n:>12}" for n in systems)]
+    for voice in voices:
+        count = next(s["voices"][voice]["utterances"] for s in systems.values())
+        cells = [_percent(s["voices"][voice]["wer"]) for s in systems.values()]
+        lines.append(f"{f'{voice} ({count})':<{width}} " + " ".join(f"{c:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@bundle_option
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    metavar="NAME=DIR",
+    help="Also score a decoder pack (aggregator.onnx, decoder.onnx, compression.json), "
+    "e.g. dense=DIR, fixed=DIR; repeatable.",
+)
+@click.option(
+    "--pocketsphinx/--no-pocketsphinx",
+    default=None,
+    help="Also score pocketsphinx on the same audio [default: when it is installed].",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N utterances.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as one JSON object: manifest, bundle, utterances, audio_s, "
+    "systems {name: utterances, wer, cer, tokens_per_s, segments_per_s, rtf, "
+    "voices {voice: utterances, wer, cer}}.",
+)
+@threads_option
+def command(
+    manifest: Path,
+    bundle_path: Path | None,
+    baselines: tuple[str, ...],
+    pocketsphinx: bool | None,
+    limit: int | None,
+    as_json: bool,
+    threads: int,
+) -> None:
+    """Score speech-to-text on the utterances of MANIFEST (JSONL: id, path, text, voice;
+    paths relative to the manifest's directory).
+
+    Systems: "entropy" (the bundle's entropy segments and decoder), each --baseline
+    pack on the same tokens and entropies, and pocketsphinx. Reports WER and CER
+    overall and per voice, measured tokens/s and segments/s, and the real-time factor
+    of each system's whole chain.
+    """
+    try:
+        from edgetok import evaluate as ev
+    except ImportError as exc:
+        raise click.ClickException(f"edgetok eval needs {exc.name}: {EVAL_EXTRA}") from None
+    from edgetok.audio import AudioError
+    from edgetok.stages import DecoderPack
+
+    baseline_dirs = _baselines(baselines, (ENTROPY, ev.POCKETSPHINX))
+    if pocketsphinx is None:
+        pocketsphinx = importlib.util.find_spec("pocketsphinx") is not None
+        if not pocketsphinx:
+            click.echo(f"pocketsphinx is not installed, not scored ({EVAL_EXTRA})", err=True)
+    elif pocketsphinx and importlib.util.find_spec("pocketsphinx") is None:
+        raise click.ClickException(f"pocketsphinx is not installed: {EVAL_EXTRA}")
+    try:
+        utterances = ev.read_manifest(manifest, limit)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    transcriber = open_transcriber(bundle_path, threads)
+    packs = {ENTROPY: transcriber.pack}
+    for name, directory in baseline_dirs.items():
+        try:
+            packs[name] = DecoderPack.from_dir(directory, session_options(threads))
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"--baseline {name}: {exc}") from None
+    recognizer = ev.PocketSphinx() if pocketsphinx else None
+    try:
+        result = ev.evaluate(utterances, transcriber, packs, recognizer, progress=True)
+    except AudioError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        head = {"manifest": str(manifest), "bundle": str(transcriber.bundle.root)}
+        click.echo(json.dumps({**head, **result}))
+    else:
+        click.echo(format_tables(result))

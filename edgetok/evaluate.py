@@ -1,0 +1,242 @@
+"""Word and character error rates, and measured rates, of speech-to-text systems.
+
+``evaluate`` runs every utterance of a manifest through the bundle's tokenizer and
+entropy LM once, then through each decoder pack (the bundle's entropy pack, baselines)
+and, optionally, pocketsphinx on the same audio. Its result (``evaluate``'s docstring
+lists the keys) is what ``edgetok eval`` prints as tables or JSON. Needs the ``eval``
+extra (jiwer; pocketsphinx for its reference system).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+from tqdm import tqdm
+
+from edgetok.audio import load_audio
+from edgetok.stages import DecoderPack, Transcriber
+from edgetok.vocab import EOS, VOCAB
+
+__all__ = [
+    "POCKETSPHINX",
+    "PocketSphinx",
+    "Score",
+    "Utterance",
+    "error_counts",
+    "evaluate",
+    "normalize",
+    "read_manifest",
+]
+
+#: The system name of pocketsphinx in results.
+POCKETSPHINX = "pocketsphinx"
+_KEEP = frozenset(VOCAB[EOS + 1 :])
+
+
+def normalize(text: str) -> str:
+    """Text in the decoder's vocabulary: lowercase, accents stripped, every other
+    character a space, single spaces."""
+    text = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
+    kept = "".join(c if c in _KEEP else " " for c in text if not unicodedata.combining(c))
+    return " ".join(kept.split())
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest row: audio path (resolved), reference text, voice."""
+
+    id: str
+    path: Path
+    text: str
+    voice: str
+
+
+def read_manifest(path: str | Path, limit: int | None = None) -> list[Utterance]:
+    """The first ``limit`` (default all) rows of a JSONL manifest; each row has ``id``,
+    ``path`` (relative to the manifest's directory), ``text`` and ``voice``."""
+    path = Path(path)
+    rows = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append(
+                    Utterance(str(row["id"]), path.parent / row["path"], row["text"], row["voice"])
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path} line {number}: not a manifest row ({exc!r})") from None
+    return rows
+
+
+def error_counts(reference: str, hypothesis: str) -> tuple[int, int, int, int]:
+    """(word errors, reference words, character errors, reference characters), by jiwer's
+    alignment; errors are substitutions + deletions + insertions."""
+    counts = []
+    for out in (
+        jiwer.process_words(reference, hypothesis),
+        jiwer.process_characters(reference, hypothesis),
+    ):
+        counts += [
+            out.substitutions + out.deletions + out.insertions,
+            out.hits + out.substitutions + out.deletions,
+        ]
+    return tuple(counts)  # type: ignore[return-value]
+
+
+@dataclass
+class Score:
+    """Summed error counts and work of one system over some utterances."""
+
+    utterances: int = 0
+    word_errors: int = 0
+    words: int = 0
+    char_errors: int = 0
+    chars: int = 0
+    audio_s: float = 0.0
+    processing_s: float = 0.0
+    tokens: int = 0
+    segments: int = 0
+
+    def add(
+        self,
+        reference: str,
+        hypothesis: str,
+        audio_s: float,
+        processing_s: float,
+        tokens: int = 0,
+        segments: int = 0,
+    ) -> None:
+        word_errors, words, char_errors, chars = error_counts(reference, hypothesis)
+        self.utterances += 1
+        self.word_errors += word_errors
+        self.words += words
+        self.char_errors += char_errors
+        self.chars += chars
+        self.audio_s += audio_s
+        self.processing_s += processing_s
+        self.tokens += tokens
+        self.segments += segments
+
+    @property
+    def wer(self) -> float:
+        return self.word_errors / max(self.words, 1)
+
+    @property
+    def cer(self) -> float:
+        return self.char_errors / max(self.chars, 1)
+
+    def _per_s(self, count: int) -> float:
+        return count / self.audio_s if self.audio_s else 0.0
+
+    def summary(self, *, rates: bool) -> dict[str, Any]:
+        """WER, CER, RTF and (with ``rates``) tokens/s and segments/s, as plain values."""
+        return {
+            "utterances": self.utterances,
+            "wer": self.wer,
+            "cer": self.cer,
+            "tokens_per_s": self._per_s(self.tokens) if rates else None,
+            "segments_per_s": self._per_s(self.segments) if rates else None,
+            "rtf": self.processing_s / self.audio_s if self.audio_s else 0.0,
+        }
+
+
+@dataclass
+class _System:
+    """A system's score overall and per voice."""
+
+    rates: bool
+    total: Score = field(default_factory=Score)
+    voices: dict[str, Score] = field(default_factory=dict)
+
+    def add(self, voice: str, *args: Any) -> None:
+        """``Score.add(*args)`` to the total and to ``voice``'s score."""
+        self.total.add(*args)
+        self.voices.setdefault(voice, Score()).add(*args)
+
+    def summary(self) -> dict[str, Any]:
+        out = self.total.summary(rates=self.rates)
+        out["voices"] = {
+            voice: {"utterances": score.utterances, "wer": score.wer, "cer": score.cer}
+            for voice, score in sorted(self.voices.items())
+        }
+        return out
+
+
+class PocketSphinx:
+    """pocketsphinx 5 with the US English model its package ships: a reference system."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._decoder = Decoder(loglevel="FATAL")
+
+    def __call__(self, audio: np.ndarray) -> str:
+        """Normalised text of float32 16 kHz mono ``audio``."""
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+        self._decoder.start_utt()
+        self._decoder.process_raw(pcm.tobytes(), full_utt=True)
+        self._decoder.end_utt()
+        hypothesis = self._decoder.hyp()
+        return normalize(hypothesis.hypstr) if hypothesis is not None else ""
+
+
+def evaluate(
+    utterances: Sequence[Utterance],
+    transcriber: Transcriber,
+    packs: Mapping[str, DecoderPack],
+    pocketsphinx: PocketSphinx | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score each pack (and pocketsphinx) on ``utterances``.
+
+    Returns ``{"utterances", "audio_s", "systems": {name: {"utterances", "wer", "cer",
+    "tokens_per_s", "segments_per_s", "rtf", "voices": {voice: {"utterances", "wer",
+    "cer"}}}}}``, systems in the order of ``packs`` then ``"pocketsphinx"``. WER and CER
+    are corpus-level (errors summed over utterances / reference words or characters);
+    tokens/s and segments/s are measured over the audio (None for pocketsphinx); the
+    real-time factor is each system's whole chain's processing time / audio time (a
+    pack's includes the shared tokenizer and entropy LM; audio loading is not counted).
+    """
+    systems = {name: _System(rates=True) for name in packs}
+    if pocketsphinx is not None:
+        systems[POCKETSPHINX] = _System(rates=False)
+    audio_s = 0.0
+    for utt in tqdm(utterances, desc="eval", unit="utt", disable=not progress):
+        audio = load_audio(utt.path, transcriber.sample_rate)
+        reference = normalize(utt.text)
+        encoded = transcriber.encode(audio)
+        audio_s += encoded.duration_s
+        for name, pack in packs.items():
+            out = transcriber.decode(encoded, pack)
+            systems[name].add(
+                utt.voice,
+                reference,
+                out.text,
+                out.duration_s,
+                out.processing_s,
+                len(out.tokens),
+                len(out.starts),
+            )
+        if pocketsphinx is not None:
+            start = time.perf_counter()
+            text = pocketsphinx(audio)
+            seconds = time.perf_counter() - start
+            systems[POCKETSPHINX].add(utt.voice, reference, text, encoded.duration_s, seconds)
+    return {
+        "utterances": len(utterances),
+        "audio_s": audio_s,
+        "systems": {name: system.summary() for name, system in systems.items()},
+    }

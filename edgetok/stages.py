@@ -1,0 +1,291 @@
+"""Pipeline stages over runtime ``Session``s; each takes arrays and returns arrays.
+
+``TokenizerStage`` audio -> tokens, ``EntropyStage`` tokens -> entropy, then a
+``DecoderPack`` (compression rule -> starts, ``AggregatorStage`` -> one vector per segment,
+``DecoderStage`` -> text). ``Transcriber`` wires one utterance through them; the pack is
+the bundle's own or a baseline's (dense or fixed-rate) exported pack directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from edgetok.bundle import Bundle
+from edgetok.codebook import nearest_centroid
+from edgetok.compress import Compression
+from edgetok.frontend import FrontendConfig, log_mel
+from edgetok.runtime import Session, SessionOptions, open_session
+from edgetok.segment import segments_to_padded, warmup
+from edgetok.vocab import BOS, EOS, VOCAB, decode_ids
+
+__all__ = [
+    "COMPRESSION_FILE",
+    "MAX_CHARS",
+    "AggregatorStage",
+    "DecoderPack",
+    "DecoderStage",
+    "Encoded",
+    "EntropyStage",
+    "TokenizerStage",
+    "Transcriber",
+    "Transcript",
+    "frontend_config",
+]
+
+#: The compression rule of a decoder pack (as ``edgetok.train.make_bundle`` writes it).
+COMPRESSION_FILE = "compression.json"
+#: The most characters ``DecoderStage`` writes for one utterance by default.
+MAX_CHARS = 400
+
+_T = TypeVar("_T")
+
+
+def _fixed_last_dim(session: Session, output: str) -> int:
+    """The fixed last dimension of ``output`` (a ValueError when it is dynamic or absent)."""
+    for spec in session.outputs:
+        if spec.name == output and spec.shape and isinstance(spec.shape[-1], int):
+            return spec.shape[-1]
+    raise ValueError(f"model output {output!r} with a fixed last dimension not found")
+
+
+def frontend_config(bundle: Bundle) -> FrontendConfig:
+    """The log-mel recipe a bundle's tokenizer was trained on."""
+    return FrontendConfig(sample_rate=bundle.audio.sample_rate, **bundle.frontend.to_dict())
+
+
+class TokenizerStage:
+    """Audio float32 [n] -> token ids int64 [T] (log-mel, encoder, nearest centroid)."""
+
+    def __init__(self, session: Session, codebook: np.ndarray, frontend: FrontendConfig) -> None:
+        self.session = session
+        self.codebook = codebook
+        self.frontend = frontend
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> TokenizerStage:
+        codebook = np.load(bundle.codebook_path, allow_pickle=False)
+        return cls(bundle.open("tokenizer", options=options), codebook, frontend_config(bundle))
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        mel = log_mel(audio, self.frontend)
+        if mel.shape[0] == 0:
+            return np.zeros(0, np.int64)
+        features = self.session.run({"mel": mel[None]})["features"][0]
+        return nearest_centroid(features, self.codebook)
+
+
+class EntropyStage:
+    """Tokens int64 [T] -> entropy float32 [T] (nats) of the causal entropy LM."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        if tokens.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        return self.session.run({"tokens": tokens[None].astype(np.int64)})["entropy"][0]
+
+
+class AggregatorStage:
+    """Tokens [T] cut at ``starts`` [S] -> one vector per segment, float32 [S, D].
+
+    All segments of an utterance go through the model in one run, padded to ``max_len``.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dim = _fixed_last_dim(session, "vectors")
+
+    def __call__(self, tokens: np.ndarray, starts: np.ndarray, max_len: int) -> np.ndarray:
+        if starts.shape[0] == 0:
+            return np.zeros((0, self.dim), np.float32)
+        padded, mask = segments_to_padded(tokens, starts, max_len)
+        return self.session.run({"tokens": padded, "mask": mask})["vectors"]
+
+
+class DecoderStage:
+    """Segment vectors float32 [S, D] -> text, by greedy character decoding.
+
+    Starts from BOS and appends the argmax of the last position until EOS or
+    ``max_chars`` characters (default ``min(3 S + 20, MAX_CHARS)``).
+    """
+
+    def __init__(self, session: Session) -> None:
+        vocab = _fixed_last_dim(session, "logits")
+        if vocab != len(VOCAB):
+            raise ValueError(
+                f"the decoder writes {vocab} symbols, the character vocabulary has {len(VOCAB)}"
+            )
+        self.session = session
+
+    def __call__(self, vectors: np.ndarray, max_chars: int | None = None) -> str:
+        if vectors.shape[0] == 0:
+            return ""
+        if max_chars is None:
+            max_chars = min(3 * vectors.shape[0] + 20, MAX_CHARS)
+        prefix = np.ascontiguousarray(vectors[None], dtype=np.float32)
+        ids = [BOS]
+        for _ in range(max_chars):
+            text = np.array([ids], dtype=np.int64)
+            logits = self.session.run({"prefix": prefix, "text": text})["logits"]
+            next_id = int(np.argmax(logits[0, -1]))
+            if next_id == EOS:
+                break
+            ids.append(next_id)
+        return decode_ids(ids[1:])
+
+
+def _timed(timings: dict[str, float], stage: str, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, recording its wall time in seconds as ``timings[stage]``."""
+    start = time.perf_counter()
+    result = fn(*args)
+    timings[stage] = time.perf_counter() - start
+    return result
+
+
+@dataclass(frozen=True)
+class DecoderPack:
+    """The segment half of the pipeline: compression rule, aggregator and decoder."""
+
+    compression: Compression
+    aggregator: AggregatorStage
+    decoder: DecoderStage
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> DecoderPack:
+        """The bundle's entropy segmenter settings with its aggregator and decoder."""
+        seg = bundle.segmenter
+        compression = Compression(
+            mode="entropy",
+            max_len=seg.max_len,
+            global_threshold=seg.global_threshold,
+            relative_threshold=seg.relative_threshold,
+            min_len=seg.min_len,
+            token_rate_hz=bundle.tokens.rate_hz,
+            target_hz=seg.target_hz,
+        )
+        return cls(
+            compression,
+            AggregatorStage(bundle.open("aggregator", options=options)),
+            DecoderStage(bundle.open("decoder", options=options)),
+        )
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, options: SessionOptions | None = None) -> DecoderPack:
+        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``."""
+        directory = Path(directory)
+        rule = directory / COMPRESSION_FILE
+        if not rule.is_file():
+            raise FileNotFoundError(f"{directory} is not a decoder pack: {rule} not found")
+        try:
+            compression = Compression.from_dict(json.loads(rule.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{rule}: not a valid compression rule ({exc})") from None
+        return cls(
+            compression,
+            AggregatorStage(open_session(directory / "aggregator.onnx", options=options)),
+            DecoderStage(open_session(directory / "decoder.onnx", options=options)),
+        )
+
+    def run(
+        self, tokens: np.ndarray, entropy: np.ndarray, timings: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(starts [S], vectors [S, D], text) of one utterance; records the seconds of
+        ``segmenter``, ``aggregator`` and ``decoder`` in ``timings``."""
+        starts = _timed(timings, "segmenter", self.compression.starts, tokens, entropy)
+        vectors = _timed(
+            timings, "aggregator", self.aggregator, tokens, starts, self.compression.max_len
+        )
+        text = _timed(timings, "decoder", self.decoder, vectors)
+        return starts, vectors, text
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Tokens and entropies of one utterance: what every decoder pack starts from."""
+
+    tokens: np.ndarray
+    entropy: np.ndarray
+    duration_s: float
+    timings: dict[str, float]
+    """Seconds spent in ``tokenizer`` (log-mel included) and ``entropy_lm``."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """Everything the pipeline made of one utterance, with per-stage wall times."""
+
+    text: str
+    tokens: np.ndarray
+    entropy: np.ndarray
+    starts: np.ndarray
+    vectors: np.ndarray
+    timings: dict[str, float]
+    """Stage -> seconds: tokenizer, entropy_lm, segmenter, aggregator, decoder."""
+    duration_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def segments_per_s(self) -> float:
+        return len(self.starts) / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def processing_s(self) -> float:
+        """Seconds spent in all stages together."""
+        return sum(self.timings.values())
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: processing time / audio time."""
+        return self.processing_s / self.duration_s if self.duration_s else 0.0
+
+
+class Transcriber:
+    """Speech to text for one utterance: tokenizer and entropy LM, then a decoder pack.
+
+    ``pack`` replaces the bundle's own aggregator, decoder and entropy rule (e.g. a
+    baseline's ``DecoderPack.from_dir``); ``decode`` can also take a pack per call, so
+    several packs share one tokenization.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        options: SessionOptions | None = None,
+        pack: DecoderPack | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.sample_rate = bundle.audio.sample_rate
+        self.tokenizer = TokenizerStage.from_bundle(bundle, options)
+        self.entropy = EntropyStage(bundle.open("entropy_lm", options=options))
+        self.pack = pack or DecoderPack.from_bundle(bundle, options)
+        warmup()  # the segmenter's one-time Numba load, kept off the first utterance
+
+    def encode(self, audio: np.ndarray) -> Encoded:
+        """Tokens and entropies of float32 mono ``audio`` at ``sample_rate``."""
+        timings: dict[str, float] = {}
+        tokens = _timed(timings, "tokenizer", self.tokenizer, audio)
+        entropy = _timed(timings, "entropy_lm", self.entropy, tokens)
+        return Encoded(tokens, entropy, len(audio) / self.sample_rate, timings)
+
+    def decode(self, encoded: Encoded, pack: DecoderPack | None = None) -> Transcript:
+        """The transcript of ``encoded`` through ``pack`` (default: this one's)."""
+        timings = dict(encoded.timings)
+        starts, vectors, text = (pack or self.pack).run(encoded.tokens, encoded.entropy, timings)
+        return Transcript(
+            text, encoded.tokens, encoded.entropy, starts, vectors, timings, encoded.duration_s
+        )
+
+    def __call__(self, audio: np.ndarray) -> Transcript:
+        return self.decode(self.encode(audio))
