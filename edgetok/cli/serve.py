@@ -1,0 +1,115 @@
+"""``edgetok serve``: the remote decoder, segment vectors in over websockets, text out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import signal
+from pathlib import Path
+
+import click
+
+
+@click.command("serve")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, path_type=Path),
+    help="Bundle directory (or its bundle.toml) whose decoder to serve; default: the "
+    "bundle shipped with edgetok.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token",
+    envvar="EDGETOK_TOKEN",
+    help="Bearer token clients must send (env EDGETOK_TOKEN); default: a random one, printed.",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--max-connections", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max-frame-bytes",
+    default=256 * 1024,
+    show_default=True,
+    type=click.IntRange(min=64, max=64 << 20),
+    help="Larger frames are refused with error too_large and close code 1009.",
+)
+def command(
+    bundle: Path | None,
+    host: str,
+    port: int,
+    token: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    max_connections: int,
+    max_frame_bytes: int,
+) -> None:
+    """Decode segment vectors sent by edgetok devices into text (protocol: docs/protocol.md).
+
+    Clients must send "Authorization: Bearer TOKEN" and a hello naming this bundle and its
+    aggregator. Stop with Ctrl-C or SIGTERM.
+    """
+    import ssl
+
+    from edgetok.bundle import BundleError, default_bundle_path, load_bundle
+    from edgetok.server import Limits, bundle_identity, serve
+    from edgetok.stages import DecoderStage
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    context = None
+    if tls_cert is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_cert, tls_key)
+    elif not _is_loopback(host):
+        click.echo(f"warning: serving on {host} without TLS: the token travels in clear", err=True)
+    if not token:
+        token = secrets.token_urlsafe(24)
+        click.echo(f"no --token or EDGETOK_TOKEN: clients must send token {token}", err=True)
+    try:
+        loaded = load_bundle(bundle or default_bundle_path())
+        decoder = DecoderStage(loaded.open("decoder"))
+        identity = bundle_identity(loaded)
+    except (BundleError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    limits = Limits(
+        max_connections=max_connections,
+        max_frame_bytes=max_frame_bytes,
+        max_sessions=max(256, max_connections),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows
+                loop.add_signal_handler(signum, stop.set)
+        options = {"token": token, "host": host, "port": port, "limits": limits, "ssl": context}
+        async with serve(decoder, identity, **options) as server:
+            scheme = "wss" if context else "ws"
+            click.echo(
+                f"serving bundle {identity.bundle!r} (aggregator "
+                f"{identity.aggregator_sha256[:12]}, dim {identity.dim}) on "
+                f"{scheme}://{host}:{server.port}/",
+                err=True,
+            )
+            await stop.wait()
+        click.echo(f"stopped: {server.stats}", err=True)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False

@@ -1,0 +1,463 @@
+"""The device -> server wire protocol, version 1 (docs/protocol.md): pure, no I/O.
+
+Binary frames carry numbered batches of segments of one utterance; JSON text messages
+carry the handshake (``hello``/``ready``), acknowledgements and transcripts. Every decoder
+here is strict: anything malformed raises ``ProtocolError`` whose ``code`` names the
+error class (``CLOSE_CODES`` maps it to the websocket close code) and whose message names
+the problem.
+
+Frame layout (little-endian)::
+
+    header  20 bytes   magic b"ETOK", version u8, flags u8 (bit 0: end of utterance),
+                       dtype u8 (1 fp16, 2 int8), reserved u8 (0), seq u32,
+                       utterance u32, count u16 (S), dim u16 (D)
+    starts  u32[S]     first token (50 Hz frame) of each segment in the utterance
+    scales  f32[S]     int8 only: vector i is values[i] * scales[i]
+    lengths u16[S]     tokens in each segment (>= 1)
+    values  S*D fp16 or int8, row-major
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, ClassVar, get_type_hints
+
+import numpy as np
+
+__all__ = [
+    "CLOSE_CODES",
+    "DTYPES",
+    "HEADER_BYTES",
+    "MAGIC",
+    "MAX_DIM",
+    "MAX_PENDING",
+    "MAX_SEGMENTS",
+    "PROTOCOL_VERSION",
+    "RETRYABLE_ERRORS",
+    "Ack",
+    "Error",
+    "Final",
+    "Frame",
+    "Hello",
+    "Identity",
+    "Message",
+    "Partial",
+    "ProtocolError",
+    "Ready",
+    "decode_frame",
+    "encode_frame",
+    "frame_bytes",
+    "parse_message",
+]
+
+PROTOCOL_VERSION: typing.Final = 1
+MAGIC: typing.Final = b"ETOK"
+_HEADER = struct.Struct("<4sBBBBIIHH")
+HEADER_BYTES: typing.Final = _HEADER.size
+#: Wire dtypes of vector values and their header codes.
+DTYPES: typing.Final = {"fp16": 1, "int8": 2}
+_DTYPE_NAMES: typing.Final = {code: name for name, code in DTYPES.items()}
+_FLAG_END: typing.Final = 1
+MAX_SEGMENTS: typing.Final = 1024
+"""Segments in one frame."""
+MAX_DIM: typing.Final = 4096
+MAX_PENDING: typing.Final = 64
+"""Utterances a ``hello`` may list as awaiting their ``final``."""
+_MAX_TEXT: typing.Final = 1 << 16
+_MAX_ERROR: typing.Final = 300
+_U32: typing.Final = 1 << 32
+_FP16_MAX: typing.Final = 65504.0
+_F32_MAX: typing.Final = float(np.finfo(np.float32).max)
+
+#: Error code -> websocket close code; an error code not here (``decode_failed``) is sent
+#: without closing the connection.
+CLOSE_CODES: typing.Final = {
+    "too_large": 1009,
+    "bad_message": 4001,
+    "version": 4002,
+    "identity": 4003,
+    "bad_frame": 4004,
+    "sequence": 4005,
+    "rate_limited": 4006,
+    "limit_exceeded": 4007,
+    "superseded": 4008,
+}
+#: Errors after which a client may reconnect and resend (after a backoff).
+RETRYABLE_ERRORS: typing.Final = frozenset({"rate_limited"})
+
+_SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ProtocolError(ValueError):
+    """A malformed frame or message; ``code`` is a key of ``CLOSE_CODES`` or another code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message[:_MAX_ERROR])  # messages may quote peer input: bounded
+        self.code = code
+
+
+# Binary frames
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame: ``S`` segments of utterance ``utterance``."""
+
+    seq: int
+    utterance: int
+    starts: np.ndarray
+    """int64 [S]: first token of each segment."""
+    lengths: np.ndarray
+    """int64 [S]: tokens in each segment."""
+    vectors: np.ndarray
+    """float32 [S, D]."""
+    end: bool
+    """The last frame of the utterance."""
+    dtype: str
+    """How the vectors travelled."""
+
+
+def frame_bytes(count: int, dim: int, dtype: str) -> int:
+    """Size of a frame of ``count`` segments of ``dim`` values."""
+    per_segment = 6 + (dim * 2 if dtype == "fp16" else 4 + dim)
+    return HEADER_BYTES + count * per_segment
+
+
+def _check_segments(starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Lengths >= 1; segments in order and not overlapping; ends within u32."""
+    if lengths.size and int(lengths.min()) < 1:
+        i = int(np.argmin(lengths))
+        raise ProtocolError("bad_frame", f"segment {i} has length {int(lengths[i])}, not >= 1")
+    ends = starts + lengths
+    if ends.size and int(ends.max()) > _U32 - 1:
+        raise ProtocolError("bad_frame", "a segment ends beyond frame 2**32 - 1")
+    overlap = np.flatnonzero(starts[1:] < ends[:-1])
+    if overlap.size:
+        i = int(overlap[0]) + 1
+        raise ProtocolError(
+            "bad_frame",
+            f"segment {i} starts at {int(starts[i])}, before segment {i - 1} ends at "
+            f"{int(ends[i - 1])}",
+        )
+
+
+def encode_frame(
+    seq: int,
+    utterance: int,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    vectors: np.ndarray,
+    *,
+    dtype: str = "fp16",
+    end: bool = False,
+) -> bytes:
+    """Encode ``S`` segments (``starts``, ``lengths`` [S], ``vectors`` float [S, D]).
+
+    int8 stores ``round(v / scale)`` with ``scale = max|v| / 127`` per vector. Raises
+    ``ProtocolError`` for input that ``decode_frame`` would refuse (non-finite values,
+    values beyond fp16's range, bad segments, too many segments).
+    """
+    if dtype not in DTYPES:
+        raise ProtocolError("bad_frame", f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    for name, value in (("seq", seq), ("utterance", utterance)):
+        if not 0 <= value < _U32:
+            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if vectors.ndim != 2 or not 0 < vectors.shape[1] <= MAX_DIM:
+        raise ProtocolError("bad_frame", f"vectors must be [S, D] with 0 < D <= {MAX_DIM}")
+    count, dim = vectors.shape
+    if not len(starts) == len(lengths) == count:
+        raise ProtocolError(
+            "bad_frame", f"{len(starts)} starts, {len(lengths)} lengths, {count} vectors"
+        )
+    if count > MAX_SEGMENTS:
+        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
+    if count == 0 and not end:
+        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    if np.any(starts < 0) or np.any(lengths > 0xFFFF):
+        raise ProtocolError("bad_frame", "starts must be u32 and lengths u16")
+    _check_segments(starts, lengths)
+    if not np.all(np.isfinite(vectors)):
+        raise ProtocolError("bad_frame", "vectors hold NaN or infinity")
+    header = _HEADER.pack(
+        MAGIC,
+        PROTOCOL_VERSION,
+        _FLAG_END if end else 0,
+        DTYPES[dtype],
+        0,
+        seq,
+        utterance,
+        count,
+        dim,
+    )
+    parts = [header, starts.astype("<u4").tobytes()]
+    if dtype == "fp16":
+        if vectors.size and float(np.abs(vectors).max()) > _FP16_MAX:
+            raise ProtocolError("bad_frame", f"values beyond fp16's range ±{_FP16_MAX:g}; use int8")
+        values = vectors.astype("<f2")
+    else:
+        peak = np.abs(vectors).max(axis=1, initial=0.0).astype(np.float64)
+        scales = (peak / 127).astype("<f4")
+        # Rounded up, 127 * scale could overflow float32 on decoding: round down instead.
+        over = scales.astype(np.float64) * 127 > _F32_MAX
+        scales[over] = np.nextafter(scales[over], np.float32(0))
+        scale64 = scales.astype(np.float64)[:, None]
+        quotient = np.zeros(vectors.shape, dtype=np.float64)
+        np.divide(vectors, scale64, out=quotient, where=scale64 > 0)
+        values = np.clip(np.rint(quotient), -127, 127).astype(np.int8)
+        parts.append(scales.tobytes())
+    parts += [lengths.astype("<u2").tobytes(), values.tobytes()]
+    return b"".join(parts)
+
+
+def decode_frame(
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    dim: int | None = None,
+    dtype: str | None = None,
+) -> Frame:
+    """Decode and check one frame; ``dim``/``dtype``, when given, must match the header.
+
+    Raises ``ProtocolError``: ``too_large`` beyond ``max_bytes``, else ``bad_frame``.
+    """
+    size = len(data)
+    if max_bytes is not None and size > max_bytes:
+        raise ProtocolError("too_large", f"frame of {size} bytes; the limit is {max_bytes}")
+    if size < HEADER_BYTES:
+        raise ProtocolError("bad_frame", f"frame of {size} bytes; the header is {HEADER_BYTES}")
+    magic, version, flags, code, reserved, seq, utterance, count, width = _HEADER.unpack_from(data)
+    problem = None
+    if magic != MAGIC:
+        problem = f"magic {magic!r}, expected {MAGIC!r}"
+    elif version != PROTOCOL_VERSION:
+        problem = f"protocol version {version}; this side speaks {PROTOCOL_VERSION}"
+    elif flags & ~_FLAG_END or reserved:
+        problem = f"unknown flags {flags:#04x} or reserved byte {reserved}"
+    elif code not in _DTYPE_NAMES:
+        problem = f"dtype code {code}; known: {DTYPES}"
+    elif dtype is not None and _DTYPE_NAMES[code] != dtype:
+        problem = f"dtype {_DTYPE_NAMES[code]}, but the hello said {dtype}"
+    elif not 0 < width <= MAX_DIM or (dim is not None and width != dim):
+        problem = f"dim {width}; expected {dim or f'1..{MAX_DIM}'}"
+    elif count > MAX_SEGMENTS:
+        problem = f"{count} segments; at most {MAX_SEGMENTS} a frame"
+    elif count == 0 and not flags & _FLAG_END:
+        problem = "a frame without segments must end the utterance"
+    elif size != (expected := frame_bytes(count, width, _DTYPE_NAMES[code])):
+        problem = (
+            f"frame of {size} bytes, but {count} x {width} {_DTYPE_NAMES[code]} needs {expected}"
+        )
+    if problem is not None:
+        raise ProtocolError("bad_frame", problem)
+    name = _DTYPE_NAMES[code]
+    offset = HEADER_BYTES
+    starts = np.frombuffer(data, "<u4", count, offset).astype(np.int64)
+    offset += 4 * count
+    if name == "int8":
+        scales = np.frombuffer(data, "<f4", count, offset)
+        offset += 4 * count
+        if not np.all(np.isfinite(scales) & (scales >= 0)):
+            raise ProtocolError("bad_frame", "int8 scales must be finite and >= 0")
+    lengths = np.frombuffer(data, "<u2", count, offset).astype(np.int64)
+    offset += 2 * count
+    _check_segments(starts, lengths)
+    if name == "fp16":
+        vectors = np.frombuffer(data, "<f2", count * width, offset).astype(np.float32)
+        if not np.all(np.isfinite(vectors)):
+            raise ProtocolError("bad_frame", "vectors hold NaN or infinity")
+    else:
+        values = np.frombuffer(data, np.int8, count * width, offset).reshape(count, width)
+        with np.errstate(over="ignore"):
+            vectors = values.astype(np.float32) * scales[:, None]
+        if not np.all(np.isfinite(vectors)):
+            raise ProtocolError("bad_frame", "int8 values times their scale overflow float32")
+    return Frame(
+        seq=seq,
+        utterance=utterance,
+        starts=starts,
+        lengths=lengths,
+        vectors=vectors.reshape(count, width),
+        end=bool(flags & _FLAG_END),
+        dtype=name,
+    )
+
+
+# JSON messages
+
+
+@dataclass(frozen=True, kw_only=True)
+class Identity:
+    """What the vectors mean: the bundle, the aggregator that made them, their size."""
+
+    bundle: str
+    aggregator_sha256: str
+    dim: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Message:
+    TYPE: ClassVar[str]
+
+    def to_json(self) -> str:
+        """The message as one JSON object with its ``type``."""
+        return json.dumps({"type": self.TYPE, **asdict(self)}, separators=(",", ":"))
+
+    def _validate(self) -> None:
+        """Check values beyond their types; raise ``ProtocolError``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(_Message):
+    """Client -> server, first message: who is sending and where to resume."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int = PROTOCOL_VERSION
+    session: str
+    """Client-chosen id (1-64 of ``[A-Za-z0-9_-]``); a reconnect reuses it."""
+    bundle: str
+    aggregator_sha256: str
+    dim: int
+    dtype: str
+    """Wire dtype of every frame on this connection."""
+    seq: int
+    """The seq of the first frame this connection will carry."""
+    pending: tuple[int, ...] = ()
+    """Utterances whose ``final`` the client has not received."""
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(bundle=self.bundle, aggregator_sha256=self.aggregator_sha256, dim=self.dim)
+
+    def _validate(self) -> None:
+        if _SESSION.fullmatch(self.session) is None:
+            raise ProtocolError("bad_message", "hello: session must be 1-64 of [A-Za-z0-9_-]")
+        if _SHA256.fullmatch(self.aggregator_sha256) is None:
+            raise ProtocolError("bad_message", "hello: aggregator_sha256 is not a sha256")
+        if self.dtype not in DTYPES or not 0 < self.dim <= MAX_DIM:
+            raise ProtocolError("bad_message", f"hello: dtype {self.dtype!r}, dim {self.dim}")
+        if len(self.pending) > MAX_PENDING:
+            raise ProtocolError("bad_message", f"hello: more than {MAX_PENDING} pending")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ready(_Message):
+    """Server -> client, the answer to an accepted ``hello``, with the server's limits."""
+
+    TYPE: ClassVar[str] = "ready"
+    version: int = PROTOCOL_VERSION
+    session: str
+    resumed: bool
+    """False when the server holds no state for this session (new, expired or restarted)."""
+    max_frame_bytes: int
+    max_frames_per_second: float
+    burst_frames: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(_Message):
+    """Server -> client: every frame with sequence number <= ``seq`` has been applied."""
+
+    TYPE: ClassVar[str] = "ack"
+    seq: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Partial(_Message):
+    """Server -> client: the transcript of the segments received so far."""
+
+    TYPE: ClassVar[str] = "partial"
+    utterance: int
+    text: str
+    segments: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Final(_Message):
+    """Server -> client: the transcript of the whole utterance."""
+
+    TYPE: ClassVar[str] = "final"
+    utterance: int
+    text: str
+    segments: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(_Message):
+    """Server -> client: ``code`` (see ``CLOSE_CODES``), for one utterance or the connection."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    utterance: int | None = None
+
+
+Message = Hello | Ready | Ack | Partial | Final | Error
+_TYPES: typing.Final = {cls.TYPE: cls for cls in (Hello, Ready, Ack, Partial, Final, Error)}
+
+
+def _field(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against a field type: u32 int, finite float, str, bool, tuples."""
+    if hint == int | None and value is None:
+        return None
+    if hint in (int, int | None):
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _U32
+        kind = "an integer in [0, 2**32)"
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        kind = "a finite number"
+    elif hint is str:
+        ok, kind = isinstance(value, str) and len(value) <= _MAX_TEXT, "a string"
+    elif hint is bool:
+        ok, kind = isinstance(value, bool), "a boolean"
+    else:  # tuple[int, ...]
+        ok = isinstance(value, list) and len(value) <= MAX_PENDING
+        ok = ok and all(_field(item, int, where) is not None for item in value)
+        value, kind = tuple(value) if ok else value, f"a list of at most {MAX_PENDING} integers"
+    if not ok:
+        raise ProtocolError("bad_message", f"{where}: expected {kind}, got {value!r}")
+    return value
+
+
+def parse_message(text: str | bytes) -> Message:
+    """Parse one JSON message strictly: known type, every field present and typed, no extra.
+
+    A ``hello`` of another protocol version raises ``ProtocolError`` with code ``version``.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_message", f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("type") not in _TYPES:
+        kind = data.get("type") if isinstance(data, dict) else type(data).__name__
+        raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+    cls = _TYPES[data.pop("type")]
+    if "version" in data and data["version"] != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version",
+            f"{cls.TYPE}: protocol version {data['version']!r}; this side speaks "
+            f"{PROTOCOL_VERSION}",
+        )
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ProtocolError("bad_message", f"{cls.TYPE}: unknown field {key!r}")
+    values = {}
+    for f in fields(cls):
+        if f.name in data:
+            values[f.name] = _field(data[f.name], hints[f.name], f"{cls.TYPE} {f.name}")
+        elif f.name == "version" or (f.default is MISSING and f.default_factory is MISSING):
+            raise ProtocolError("bad_message", f"{cls.TYPE}: missing field {f.name!r}")
+    message = cls(**values)
+    message._validate()
+    return message
