@@ -74,7 +74,10 @@ class TokenizerStage:
         return cls(bundle.open("tokenizer", options=options), codebook, frontend_config(bundle))
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
-        mel = log_mel(audio, self.frontend)
+        return self.from_mel(log_mel(audio, self.frontend))
+
+    def from_mel(self, mel: np.ndarray) -> np.ndarray:
+        """Token ids int64 [T] of log-mel frames float32 [F, n_mels] (a ``LogMelStream``'s)."""
         if mel.shape[0] == 0:
             return np.zeros(0, np.int64)
         features = self.session.run({"mel": mel[None]})["features"][0]

@@ -22,6 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval",
     "inspect",
     "serve",
+    "build",
+    "listen",
+    "devices",
+    "demo",
 )
 
 

@@ -1,9 +1,10 @@
-"""``edgetok transcribe``: audio files to text with a model bundle, on this machine."""
+"""``edgetok transcribe``: audio files to text, decoded here or on an ``edgetok serve`` server."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,12 @@ from edgetok.cli._common import (
     transcript_line,
     transcript_summary,
 )
+from edgetok.cli._live import connect, server_options
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgetok.pipeline import Pipeline, Utterance
 
 
 @click.command("transcribe")
@@ -22,43 +29,79 @@ from edgetok.cli._common import (
     "files", nargs=-1, required=True, metavar="FILE...", type=click.Path(path_type=Path)
 )
 @bundle_option
-@click.option(
-    "--local",
-    "_local",
-    is_flag=True,
-    help="Decode on this machine (the default, and for now the only mode).",
-)
+@server_options
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print one JSON object per file: file, text, duration_s, tokens, segments, "
-    "tokens_per_s, segments_per_s, rtf, timings (seconds per stage).",
+    "tokens_per_s, segments_per_s, rtf, timings (seconds per stage); with --server also "
+    "latency_s and bytes (compressed segments, dense tokens, raw PCM).",
 )
 @threads_option
 def command(
-    files: tuple[Path, ...], bundle_path: Path | None, _local: bool, as_json: bool, threads: int
+    files: tuple[Path, ...],
+    bundle_path: Path | None,
+    server: str | None,
+    token: str | None,
+    local: bool,
+    as_json: bool,
+    threads: int,
 ) -> None:
     """Transcribe each audio FILE (WAV, FLAC, OGG, ...; any rate, mixed to mono).
 
     Prints the transcript with the token rate, the segment rate after entropy
-    compression, and the real-time factor (processing time / audio time). A file that
-    cannot be read is reported and skipped; the exit status is then 1.
+    compression, and the real-time factor (processing time / audio time). With --server
+    the segments go to a decoding server and the text comes back. A file that cannot be
+    read is reported and skipped; the exit status is then 1.
     """
+    if server is not None and local:
+        raise click.UsageError("choose one of --server and --local")
     transcriber = open_transcriber(bundle_path, threads)
+    pipeline = None
+    if server is not None:
+        from edgetok.pipeline import Pipeline
+
+        pipeline = Pipeline(transcriber, connect(transcriber.bundle, server, token))
     failed = False
-    for path in files:
-        try:
-            audio = read_audio(path, transcriber.sample_rate)
-        except click.ClickException as exc:
-            click.echo(f"Error: {exc.message}", err=True)
-            failed = True
-            continue
-        transcript = transcriber(audio)
-        if as_json:
-            click.echo(json.dumps({"file": str(path), **transcript_summary(transcript)}))
-        else:
-            click.echo(f"{path}  {transcript_line(transcript)}")
-            click.echo(f"  {transcript.text}")
+    try:
+        for path in files:
+            try:
+                audio = read_audio(path, transcriber.sample_rate)
+            except click.ClickException as exc:
+                click.echo(f"Error: {exc.message}", err=True)
+                failed = True
+                continue
+            if pipeline is None:
+                transcript = transcriber(audio)
+                summary, line = transcript_summary(transcript), transcript_line(transcript)
+            else:
+                utterance = _remote(pipeline, audio)
+                summary = {k: v for k, v in utterance.to_dict().items() if k != "utterance"}
+                line = (
+                    f"{utterance.duration_s:.2f} s: {utterance.tokens} tokens "
+                    f"({utterance.tokens_per_s:.1f}/s) -> {utterance.segments} segments "
+                    f"({utterance.segments_per_s:.1f}/s), RTF {utterance.rtf:.3f}, "
+                    f"{utterance.traffic.segments} B sent, text after "
+                    f"{utterance.latency_s * 1e3:.0f} ms"
+                )
+            if as_json:
+                click.echo(json.dumps({"file": str(path), **summary}))
+            else:
+                click.echo(f"{path}  {line}")
+                click.echo(f"  {summary['text']}")
+    finally:
+        if pipeline is not None:
+            pipeline.sink.close()
     if failed:
         raise SystemExit(1)
+
+
+def _remote(pipeline: Pipeline, audio: np.ndarray) -> Utterance:
+    """``pipeline.transcribe`` with the server's refusals as click errors."""
+    from edgetok.client import RemoteError
+
+    try:
+        return pipeline.transcribe(audio)
+    except (RemoteError, ConnectionError, TimeoutError) as exc:
+        raise click.ClickException(f"the server failed: {exc}") from None

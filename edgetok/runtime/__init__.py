@@ -127,6 +127,11 @@ class _Backend:
 
 _BACKENDS: Final[dict[str, _Backend]] = {
     "onnxruntime": _Backend("edgetok.runtime.onnxruntime:OnnxRuntimeSession", "onnxruntime"),
+    "openvino": _Backend("edgetok.runtime.openvino:OpenVinoSession", "openvino"),
+    "litert": _Backend("edgetok.runtime.litert:LiteRtSession", "ai-edge-litert"),
+    "tensorrt": _Backend(
+        "edgetok.runtime.tensorrt:TensorRtSession", "tensorrt cuda-python (JetPack ships both)"
+    ),
 }
 
 
