@@ -269,8 +269,10 @@ class Microphone:
 
     PortAudio's callback thread copies each block into a bounded queue and never waits:
     blocks that find it full are dropped and counted in ``overruns`` (samples), as are
-    PortAudio's own input overflows (``overflows``). A device that stops delivering for
-    ``stall_s`` seconds (unplugged, its server gone) ends the iteration with ``AudioError``.
+    PortAudio's own input overflows (``overflows``). A stream that PortAudio stops (device
+    unplugged, sound server gone) or that delivers nothing for ``stall_s`` seconds (twice
+    that for the first block: a PulseAudio source takes ~2 s to start) ends the iteration
+    with ``AudioError``.
     """
 
     live = True
@@ -282,7 +284,7 @@ class Microphone:
         sample_rate: int = SAMPLE_RATE,
         chunk: int = 512,
         queue_chunks: int = 64,
-        stall_s: float = 2.0,
+        stall_s: float = 5.0,
     ) -> None:
         self.sd = _sounddevice()
         self.sample_rate, self.chunk, self.stall_s = sample_rate, chunk, stall_s
@@ -331,13 +333,13 @@ class Microphone:
         except (ValueError, self.sd.PortAudioError) as exc:
             raise AudioError(f"{self.name}: cannot open: {exc}") from None
         with stream:
-            waited = 0.0
+            waited, limit = 0.0, 2 * self.stall_s
             while not self._closed.is_set():
                 try:
                     block = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     waited += 0.1
-                    if self._finished.is_set() or waited >= self.stall_s:
+                    if self._finished.is_set() or waited >= limit:
                         why = (
                             "stopped"
                             if self._finished.is_set()
@@ -345,7 +347,7 @@ class Microphone:
                         )
                         raise AudioError(f"{self.name} {why}: disconnected?") from None
                     continue
-                waited = 0.0
+                waited, limit = 0.0, self.stall_s
                 yield mono(block)
 
     def close(self) -> None:

@@ -1,14 +1,17 @@
-"""edgetok.audio.load_audio: float32 mono 16 kHz from files, clear errors for bad ones."""
+"""edgetok.audio: float32 mono 16 kHz from files, streams and pipes; clear errors for bad
+input. (The microphone is tested through PulseAudio in test_mic.py.)"""
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from edgetok.audio import AudioError, load_audio
+from edgetok.audio import AudioError, FileSource, RawSource, load_audio
 
 
 def test_espeak_wav_is_resampled_to_16k(speech_dir: Path) -> None:
@@ -76,3 +79,82 @@ def test_non_finite(tmp_path: Path, value: float) -> None:
 
 def test_audio_error_is_a_value_error() -> None:
     assert issubclass(AudioError, ValueError)
+
+
+def _stream(source: FileSource | RawSource) -> np.ndarray:
+    chunks = list(source)
+    assert all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
+    return np.concatenate(chunks)
+
+
+def test_file_source_at_16k_is_exact_in_any_chunking(tmp_path: Path) -> None:
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 5000).astype(np.float32)
+    sf.write(tmp_path / "a.wav", samples, 16000, subtype="FLOAT")
+    for chunk_s in (0.001, 0.032, 1.0):
+        np.testing.assert_array_equal(
+            _stream(FileSource(tmp_path / "a.wav", chunk_s=chunk_s)), samples
+        )
+
+
+def test_file_source_resamples_stereo_to_16k_mono(tmp_path: Path) -> None:
+    t = np.arange(44100) / 44100
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sf.write(tmp_path / "s.wav", np.stack([tone, tone], axis=1), 44100, subtype="FLOAT")
+    streamed = _stream(FileSource(tmp_path / "s.wav"))
+    assert abs(len(streamed) - 16000) <= 2
+    np.testing.assert_allclose(
+        streamed[100:-100], load_audio(tmp_path / "s.wav")[100:-100], atol=2e-3
+    )
+
+
+def test_realtime_file_source_is_live_and_paced(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", np.zeros(4000, np.float32), 16000)
+    source = FileSource(tmp_path / "a.wav", realtime=True)
+    assert source.live
+    start = time.monotonic()
+    assert len(_stream(source)) == 4000
+    assert time.monotonic() - start >= 0.2
+
+
+def test_file_source_errors(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="no such file"):
+        FileSource(tmp_path / "nope.wav")
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        FileSource(tmp_path / "text.wav")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(AudioError, match="holds no audio samples"):
+        FileSource(tmp_path / "empty.wav")
+    samples = np.zeros(16000, np.float32)
+    samples[12000] = np.nan
+    sf.write(tmp_path / "nan.wav", samples, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"NaN or infinite sample at 0\.750 s"):
+        _stream(FileSource(tmp_path / "nan.wav"))
+
+
+def test_raw_s16le_and_f32le() -> None:
+    pcm = np.array([0, 16384, -32768, 32767] * 300, "<i2")
+    streamed = _stream(RawSource(io.BytesIO(pcm.tobytes()), format="s16le"))
+    np.testing.assert_array_equal(streamed, pcm.astype(np.float32) / 32768)
+    floats = np.linspace(-1, 1, 999, dtype="<f4")
+    stereo = np.stack([floats, -floats], axis=1)
+    raw = RawSource(io.BytesIO(stereo.tobytes()), format="f32le", channels=2)
+    np.testing.assert_allclose(_stream(raw), 0.0, atol=1e-7)
+
+
+def test_raw_other_rate_is_resampled() -> None:
+    pcm = np.zeros(8000, "<i2").tobytes()
+    assert abs(len(_stream(RawSource(io.BytesIO(pcm), rate=8000))) - 16000) <= 2
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "message"),
+    [
+        (b"", "s16le", "holds no audio samples"),
+        (b"\x00\x01\x02", "s16le", "ends 1 bytes into a sample frame of 2 bytes"),
+        (np.array([0.0, np.nan], "<f4").tobytes(), "f32le", "NaN or infinite sample"),
+    ],
+)
+def test_raw_errors(data: bytes, fmt: str, message: str) -> None:
+    with pytest.raises(AudioError, match=message):
+        _stream(RawSource(io.BytesIO(data), format=fmt))  # type: ignore[arg-type]

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from edgetok.cli import COMMAND_MODULES
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
-DEVICE_MODULES = ["edgetok", "edgetok.cli", *[f"edgetok.cli.{m}" for m in COMMAND_MODULES]]
+LIVE_MODULES = ["edgetok.audio", "edgetok.vad", "edgetok.sinks", "edgetok.pipeline"]
+DEVICE_MODULES = [
+    "edgetok",
+    "edgetok.cli",
+    *LIVE_MODULES,
+    *[f"edgetok.cli.{m}" for m in COMMAND_MODULES],
+]
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -40,3 +47,14 @@ def test_cli_help_without_torch(command: str | list[str]) -> None:
     result = _run(f"from edgetok.cli import main\nmain({args!r})")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+
+
+def test_demo_runs_without_torch(tiny_bundle: Path, speech_dir: Path) -> None:
+    """The whole live path: VAD, models, in-process server, client."""
+    args = ["demo", "--fast", "--bundle", str(tiny_bundle), "--audio", str(speech_dir / "fox.wav")]
+    result = _run(
+        f"from edgetok.cli import main\nmain({args!r}, standalone_mode=False)\n"
+        "assert sys.modules.get('torch') is None, 'torch was imported'\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "transcript:" in result.stdout

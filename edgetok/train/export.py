@@ -19,6 +19,7 @@ from torch import nn
 from edgetok.train.models import (
     Aggregator,
     Decoder,
+    DecoderStepExport,
     EntropyLM,
     EntropyLMExport,
     TokenizerEncoder,
@@ -170,4 +171,36 @@ def export_decoder(dec: Decoder, path: str | Path) -> float:
         {"prefix": {0: "B", 1: "S"}, "text": {0: "B", 1: "U"}},
         example=(2, 12, 9),
         checks=[(1, 5, 1), (3, 40, 23)],
+    )
+
+
+def export_decoder_step(dec: Decoder, path: str | Path) -> float:
+    """The incremental decoder (``Decoder.step``): ``prefix`` [B, S, 256], ``text`` [B, U],
+    ``past_keys``/``past_values`` [layers, B, heads, P, head_dim] -> ``logits`` [B, U, V],
+    ``keys``/``values`` [layers, B, heads, P + S + U, head_dim]. Checked where greedy
+    decoding runs it: prefix and BOS on an empty cache (P = 0), one character (S = 0)."""
+    cfg = dec.cfg
+    head_dim = cfg.dim // cfg.heads
+
+    def make(gen: torch.Generator, b: int, s: int, u: int, p: int) -> Inputs:
+        prefix = torch.randn(b, s, cfg.prefix_dim, generator=gen)
+        text = torch.randint(0, cfg.vocab_size, (b, u), generator=gen)
+        past = [torch.randn(cfg.layers, b, cfg.heads, p, head_dim, generator=gen) for _ in "kv"]
+        return prefix, text, *past
+
+    past_axes = {1: "B", 3: "P"}
+    return _export_and_check(
+        DecoderStepExport(dec),
+        make,
+        path,
+        ["prefix", "text", "past_keys", "past_values"],
+        ["logits", "keys", "values"],
+        {
+            "prefix": {0: "B", 1: "S"},
+            "text": {0: "B", 1: "U"},
+            "past_keys": past_axes,
+            "past_values": past_axes,
+        },
+        example=(2, 12, 3, 5),
+        checks=[(1, 7, 1, 0), (1, 0, 1, 9), (3, 4, 5, 6)],
     )

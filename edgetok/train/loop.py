@@ -148,7 +148,8 @@ class TrainingRun:
         finally:
             bar.close()
             self.save()
-        if evaluate is not None and self.finished:
+        # A run that ends on a step that was not just evaluated gets its final evaluation.
+        if evaluate is not None and self.finished and self.step % cfg.eval_every != 0:
             self._evaluate(evaluate, None)
 
     def _evaluate(self, evaluate: Callable[[], dict[str, float]], bar: tqdm | None) -> None:

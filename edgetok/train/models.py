@@ -107,6 +107,25 @@ class Attention(nn.Module):
         )
         return self.out(y.transpose(1, 2).reshape(b, -1, d))
 
+    def cached(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention of new positions x [B, N, D] over past keys/values [B, H, P, hd]
+        (rotated) and their own; returns (y [B, N, D], keys and values [B, H, P + N, hd])."""
+        b, _, d = x.shape
+        head_dim = d // self.heads
+        q = self.q(x).view(b, -1, self.heads, head_dim).transpose(1, 2)
+        k, v = self.kv(x).view(b, -1, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k = _apply_rotary(q, *rope), _apply_rotary(k, *rope)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, -1, d)), k, v
+
 
 class Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(LN(x))``, then ``x + FFN(LN(x))``."""
@@ -131,6 +150,19 @@ class Block(nn.Module):
         """``context`` (already normalised) turns self-attention into cross-attention."""
         x = x + self.drop(self.attn(self.norm1(x), context, mask, rope))
         return x + self.drop(self.ff(self.norm2(x)))
+
+    def cached(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` (eval) for new positions with a key/value cache (``Attention.cached``)."""
+        y, k, v = self.attn.cached(self.norm1(x), past_k, past_v, mask, rope)
+        x = x + y
+        return x + self.ff(self.norm2(x)), k, v
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -450,6 +482,42 @@ class Decoder(nn.Module):
             x = block(x, mask, rope)
         return self.head(self.norm(x[:, s:]))
 
+    def step(
+        self,
+        prefix: torch.Tensor,
+        text: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` continued from a key/value cache (no ``prefix_lengths``; eval).
+
+        prefix [B, S, prefix_dim] (S may be 0), text [B, U], past_keys/values
+        [layers, B, heads, P, head_dim] (P may be 0) -> logits [B, U, V] of the text
+        positions, keys/values [layers, B, heads, P + S + U, head_dim]. Greedy decoding
+        calls it once with the prefix and BOS on an empty cache, then once per character
+        with S = 0: the logits equal ``forward``'s on the whole sequence.
+        """
+        s = prefix.shape[1]
+        past = past_keys.shape[3]
+        x = torch.cat([self.prefix_proj(prefix), self.embed(text)], dim=1)
+        idx = torch.arange(x.shape[1], device=x.device)
+        keys = torch.arange(past + x.shape[1], device=x.device)
+        mask = keys[None, :] <= idx[:, None] + past
+        rope = self.rotary(idx + past)
+        new_keys, new_values = [], []
+        for layer, block in enumerate(self.blocks):
+            x, k, v = block.cached(x, past_keys[layer], past_values[layer], mask, rope)
+            new_keys.append(k)
+            new_values.append(v)
+        logits = self.head(self.norm(x[:, s:]))
+        return logits, torch.stack(new_keys), torch.stack(new_values)
+
+    def empty_cache(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value caches with no position: [layers, batch, heads, 0, head_dim]."""
+        cfg = self.cfg
+        shape = (cfg.layers, batch, cfg.heads, 0, cfg.dim // cfg.heads)
+        return torch.zeros(shape), torch.zeros(shape)
+
     def loss(
         self,
         prefix: torch.Tensor,
@@ -489,6 +557,23 @@ def greedy_decode(
         row = row[: row.index(EOS)] if EOS in row else row
         out.append([i for i in row if i != PAD])
     return out
+
+
+class DecoderStepExport(nn.Module):
+    """``Decoder.step`` as a module, for the ``decoder_step`` ONNX export."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self,
+        prefix: torch.Tensor,
+        text: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.decoder.step(prefix, text, past_keys, past_values)
 
 
 def parameter_counts() -> dict[str, int]:
