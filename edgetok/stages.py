@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,16 +117,33 @@ class DecoderStage:
     """Segment vectors float32 [S, D] -> text, by greedy character decoding.
 
     Starts from BOS and appends the argmax of the last position until EOS or
-    ``max_chars`` characters (default ``min(3 S + 20, MAX_CHARS)``).
+    ``max_chars`` characters (default ``min(3 S + 20, MAX_CHARS)``). With a ``step``
+    session (a bundle's ``decoder_step``: the decoder with a key/value cache) each
+    character costs one position instead of a rerun over the whole prefix and text.
     """
 
-    def __init__(self, session: Session) -> None:
-        vocab = _fixed_last_dim(session, "logits")
-        if vocab != len(VOCAB):
-            raise ValueError(
-                f"the decoder writes {vocab} symbols, the character vocabulary has {len(VOCAB)}"
-            )
+    def __init__(self, session: Session, step: Session | None = None) -> None:
+        for model in (session, step) if step is not None else (session,):
+            vocab = _fixed_last_dim(model, "logits")
+            if vocab != len(VOCAB):
+                raise ValueError(
+                    f"the decoder writes {vocab} symbols, the character vocabulary has {len(VOCAB)}"
+                )
         self.session = session
+        self.step = step
+        if step is not None:
+            spec = next(s for s in step.inputs if s.name == "past_keys")
+            layers, _, heads, _, head_dim = spec.shape
+            self._empty = np.zeros((layers, 1, heads, 0, head_dim), np.float32)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> DecoderStage:
+        """The bundle's decoder, with its ``decoder_step`` when it has one."""
+        step = "decoder_step" in bundle.models
+        return cls(
+            bundle.open("decoder", options=options),
+            bundle.open("decoder_step", options=options) if step else None,
+        )
 
     def __call__(self, vectors: np.ndarray, max_chars: int | None = None) -> str:
         if vectors.shape[0] == 0:
@@ -135,14 +152,30 @@ class DecoderStage:
             max_chars = min(3 * vectors.shape[0] + 20, MAX_CHARS)
         prefix = np.ascontiguousarray(vectors[None], dtype=np.float32)
         ids = [BOS]
+        next_logits = self._full(prefix, ids) if self.step is None else self._cached(prefix, ids)
         for _ in range(max_chars):
-            text = np.array([ids], dtype=np.int64)
-            logits = self.session.run({"prefix": prefix, "text": text})["logits"]
-            next_id = int(np.argmax(logits[0, -1]))
+            next_id = int(np.argmax(next(next_logits)))
             if next_id == EOS:
                 break
             ids.append(next_id)
         return decode_ids(ids[1:])
+
+    def _full(self, prefix: np.ndarray, ids: list[int]) -> Iterator[np.ndarray]:
+        """Logits of the next character after ``ids`` (as it grows), rerunning everything."""
+        while True:
+            text = np.array([ids], dtype=np.int64)
+            yield self.session.run({"prefix": prefix, "text": text})["logits"][0, -1]
+
+    def _cached(self, prefix: np.ndarray, ids: list[int]) -> Iterator[np.ndarray]:
+        """The same logits through ``step``: prefix and BOS first, then one id a run."""
+        assert self.step is not None
+        feeds = {"prefix": prefix, "past_keys": self._empty, "past_values": self._empty}
+        no_prefix = np.zeros((1, 0, prefix.shape[2]), np.float32)
+        while True:
+            feeds["text"] = np.array([ids[-1:]], dtype=np.int64)
+            out = self.step.run(feeds)
+            yield out["logits"][0, -1]
+            feeds = {"prefix": no_prefix, "past_keys": out["keys"], "past_values": out["values"]}
 
 
 def _timed(timings: dict[str, float], stage: str, fn: Callable[..., _T], *args: Any) -> _T:
@@ -177,14 +210,15 @@ class DecoderPack:
         return cls(
             compression,
             AggregatorStage(bundle.open("aggregator", options=options)),
-            DecoderStage(bundle.open("decoder", options=options)),
+            DecoderStage.from_bundle(bundle, options),
         )
 
     @classmethod
     def from_dir(cls, directory: str | Path, options: SessionOptions | None = None) -> DecoderPack:
-        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``."""
+        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``,
+        and ``decoder_step.onnx`` when the export wrote one."""
         directory = Path(directory)
-        rule = directory / COMPRESSION_FILE
+        rule, step = directory / COMPRESSION_FILE, directory / "decoder_step.onnx"
         if not rule.is_file():
             raise FileNotFoundError(f"{directory} is not a decoder pack: {rule} not found")
         try:
@@ -194,7 +228,10 @@ class DecoderPack:
         return cls(
             compression,
             AggregatorStage(open_session(directory / "aggregator.onnx", options=options)),
-            DecoderStage(open_session(directory / "decoder.onnx", options=options)),
+            DecoderStage(
+                open_session(directory / "decoder.onnx", options=options),
+                open_session(step, options=options) if step.is_file() else None,
+            ),
         )
 
     def run(

@@ -71,7 +71,7 @@ def command(
         click.echo(f"no --token or EDGETOK_TOKEN: clients must send token {token}", err=True)
     try:
         loaded = load_bundle(bundle or default_bundle_path())
-        decoder = DecoderStage(loaded.open("decoder"))
+        decoder = DecoderStage.from_bundle(loaded)
         identity = bundle_identity(loaded)
     except (BundleError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
