@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -40,6 +42,18 @@ class LoopConfig:
     seed: int = 0
     bf16: bool = True
     """Autocast the forward pass to bfloat16 (about 1.4x faster on CPUs with AVX512-BF16)."""
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (and SIGINT, which background jobs ignore) raise KeyboardInterrupt, so
+    the loop's ``finally`` writes a checkpoint before the process ends."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGINT, _raise_interrupt)
 
 
 def cosine_with_warmup(step: int, *, warmup: int, total: int, floor: float = 0.05) -> float:
@@ -117,6 +131,7 @@ class TrainingRun:
     ) -> None:
         """Run until ``config.steps`` or the time budget; checkpoint on the way and at the end."""
         cfg = self.config
+        _stop_on_sigterm()
         deadline = None if cfg.max_minutes is None else time.time() + 60 * cfg.max_minutes
         self.model.train()
         running: dict[str, float] = {}
