@@ -92,12 +92,15 @@ def codebook_cmd(corpus_dir, run_name, k, sample_frames) -> None:
 @command.command("tokenize")
 @_corpus_option
 @click.option("--run", "run_name", default="tokenizer", show_default=True)
-def tokenize_cmd(corpus_dir, run_name) -> None:
+@click.option(
+    "--train-hours", type=float, default=None, help="Tokenize only a random subset of train."
+)
+def tokenize_cmd(corpus_dir, run_name, train_hours) -> None:
     """Turn every split of the corpus into token ids (cached)."""
     corpus, run_dir, _ = _setup(corpus_dir, run_name)
     from edgetok.train.fit_tokenizer import tokenize_corpus
 
-    tokenize_corpus(corpus, run_dir)
+    tokenize_corpus(corpus, run_dir, train_hours=train_hours)
 
 
 @command.command("lm")

@@ -68,6 +68,19 @@ def character_error_rate(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.cer(refs, hyps))
 
 
+def subset_hours(feats: FeatureSet, hours: float, seed: int = 0) -> FeatureSet:
+    """A deterministic random subset of about ``hours`` of audio (100 frames per second)."""
+    order = np.random.default_rng(seed).permutation(len(feats))
+    keep = order[np.cumsum(feats.lengths[order]) <= hours * 3600 * 100]
+    keep.sort()
+    return FeatureSet(
+        mel=feats.mel,
+        offsets=feats.offsets[keep],
+        lengths=feats.lengths[keep],
+        records=[feats.records[i] for i in keep],
+    )
+
+
 def load_encoder(run_dir: Path) -> TokenizerEncoder:
     """The encoder of a tokenizer run, in eval mode."""
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
@@ -123,9 +136,16 @@ def train_tokenizer(
 def encode_features(
     encoder: TokenizerEncoder, feats: FeatureSet, idx: list[int]
 ) -> list[np.ndarray]:
-    """``token_layer`` features [T2, D] of the utterances ``idx`` (batched, padding masked)."""
-    out = encoder(*mel_batch(feats, idx))
-    return [f[:n].numpy() for f, n in zip(out["features"], out["lengths"].tolist(), strict=True)]
+    """``token_layer`` features [T2, D] of the utterances ``idx`` (batched, padding masked).
+
+    Runs only the blocks up to ``token_layer`` (what the exported tokenizer runs), in fp32
+    so that training tokens match the device's.
+    """
+    x, lengths = encoder.stem(*mel_batch(feats, idx))
+    mask = (torch.arange(x.shape[1])[None, :] < lengths[:, None])[:, None, None]
+    for block in encoder.blocks[: encoder.cfg.token_layer]:
+        x = block(x, mask)
+    return [f[:n].numpy() for f, n in zip(x, lengths.tolist(), strict=True)]
 
 
 def kmeans(
@@ -183,12 +203,24 @@ def fit_codebook(
     return codebook
 
 
-def tokenize_corpus(corpus_dir: Path, run_dir: Path, splits=("train", "dev", "test")) -> None:
-    """Token ids of every utterance of ``splits``, cached at :func:`tokens_path`."""
+def tokenize_corpus(
+    corpus_dir: Path,
+    run_dir: Path,
+    splits: tuple[str, ...] = ("train", "dev", "test"),
+    *,
+    train_hours: float | None = None,
+) -> None:
+    """Token ids of every utterance of ``splits``, cached at :func:`tokens_path`.
+
+    ``train_hours`` keeps a deterministic random subset of the train split of about that
+    many hours (the LM and the decoder then train on it).
+    """
     encoder = load_encoder(run_dir)
     codebook = np.load(run_dir / CODEBOOK_FILE)
     for split in splits:
         feats = load_features(corpus_dir, split)
+        if split == "train" and train_hours is not None:
+            feats = subset_hours(feats, train_hours)
         order = np.argsort(feats.lengths)  # similar lengths together, little padding
         ids: list[np.ndarray] = [np.empty(0, dtype=np.int16)] * len(feats)
         for start in tqdm(range(0, len(order), 32), desc=f"tokenize {split}", unit="batch"):
