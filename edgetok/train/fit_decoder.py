@@ -47,13 +47,22 @@ def solve_compression(
         entropies, TOKEN_RATE_HZ, target_hz, rule="global", min_len=min_len, max_len=max_len
     )
     if mode == "entropy":
-        return Compression(mode="entropy", max_len=max_len, global_threshold=theta, min_len=min_len)
+        return Compression(
+            mode="entropy",
+            max_len=max_len,
+            global_threshold=theta,
+            min_len=min_len,
+            target_hz=target_hz,
+        )
     # Fixed-rate pooling at the rate the entropy segmenter really reaches.
     rate = segment_rate(
         entropies, TOKEN_RATE_HZ, global_threshold=theta, min_len=min_len, max_len=max_len
     )
     return Compression(
-        mode="fixed", max_len=int(np.ceil(TOKEN_RATE_HZ / rate)), rate_hz=float(rate)
+        mode="fixed",
+        max_len=int(np.ceil(TOKEN_RATE_HZ / rate)),
+        rate_hz=float(rate),
+        target_hz=target_hz,
     )
 
 
