@@ -8,11 +8,13 @@ same form. Backends are imported lazily through ``get_quantizer``.
 The recipe, the same for every backend: only convolutions and the matrix products with
 a weight get INT8 weights and activations; normalisation, attention scores and softmax
 (activation x activation products) and the entropy (log-softmax, exp, sum) stay in
-float; so do the modules in ``KEEP_FLOAT``: the tokenizer's input convolution (raw
-log-mel range; float, it lifted token agreement from 96.0 to 96.7 % on the dev
-bundle with ONNX Runtime)
-and the output projections whose values the pipeline reads directly (the entropy LM's
-logits: quantized, LiteRT's logits were off by 100 %; the decoder's logits).
+float. So do each model's input and output layers (``KEEP_FLOAT``): they see the raw
+ranges of what comes in (log-mel, the segment vectors from the wire) and make the
+values the pipeline reads (the LM's logits, whose entropy cuts segments; the segment
+vectors; the decoder's logits). Measured on the dev bundle: the tokenizer's input conv
+in float lifted token agreement from 96.0 to 96.7 % (ONNX Runtime); a quantized LM head
+put LiteRT's logits off by 100 %; a quantized decoder input projection turns LiteRT's
+``prefix`` input into int8.
 The codebook argmin runs in numpy and is not part of any model.
 Build-time only: never imported by the device path.
 """
@@ -33,10 +35,10 @@ __all__ = ["KEEP_FLOAT", "Quantizer", "float_onnx_nodes", "get_quantizer", "is_k
 
 #: Per role, modules (by name, matched as a suffix of the qualified name) kept in float.
 KEEP_FLOAT: Final[dict[str, tuple[str, ...]]] = {
-    "tokenizer": ("stem.conv1",),  # the input layer: raw log-mel range, cheap
+    "tokenizer": ("stem.conv1",),
     "entropy_lm": ("head",),
-    "aggregator": (),
-    "decoder": ("head",),
+    "aggregator": ("proj",),
+    "decoder": ("prefix_proj", "head"),
 }
 #: Outputs whose downstream computation (the entropy) stays in float, per role.
 FLOAT_OUTPUTS_OF: Final[dict[str, tuple[str, ...]]] = {"entropy_lm": ("logits",)}

@@ -120,8 +120,8 @@ def test_open_unknown_and_absent_roles(tiny: Path) -> None:
 
 
 def test_open_unknown_backend(tiny: Path) -> None:
-    with pytest.raises(ValueError, match="unknown backend 'litert'; known backends: onnxruntime"):
-        load_bundle(tiny).open("tokenizer", backend="litert")
+    with pytest.raises(ValueError, match="unknown backend 'tflite'; known backends: onnxruntime"):
+        load_bundle(tiny).open("tokenizer", backend="tflite")
 
 
 def test_open_checks_manifest_io_against_model(tiny: Path) -> None:

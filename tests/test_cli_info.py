@@ -12,6 +12,7 @@ from fixtures.make_tiny_bundle import make_tiny_bundle
 import edgetok.bundle
 from edgetok.bundle import MODEL_ROLES, load_bundle, sha256_file
 from edgetok.cli import main
+from edgetok.runtime import available_backends
 
 
 @pytest.fixture
@@ -36,7 +37,10 @@ def test_text_summary(tiny: Path) -> None:
         "floor 1e-10",
         "  tokens     50 Hz, vocab 16, codebook codebook.npy (640 B)",
         "  segmenter  global 2.5, relative off, 1-16 tokens, target 15 Hz",
-        "  backends   onnxruntime (available)",
+        "  backends   "
+        + ", ".join(
+            f"{name} ({reason or 'available'})" for name, reason in available_backends().items()
+        ),
     ]
     tokenizer = next(line for line in lines if line.startswith("  tokenizer "))
     size = (tiny / "tokenizer.onnx").stat().st_size
@@ -68,7 +72,7 @@ def test_json_report(tiny: Path) -> None:
     assert report["path"] == str(tiny / "bundle.toml")
     assert report["verified"] is True
     assert report["manifest"] == load_bundle(tiny).to_dict()
-    assert report["backends"] == {"onnxruntime": None}
+    assert report["backends"] == available_backends()
     assert report["files"]["codebook"] == {"file": "codebook.npy", "bytes": 640, "params": None}
     for role in ("tokenizer", "entropy_lm", "aggregator", "decoder"):
         path = tiny / f"{role}.onnx"

@@ -475,7 +475,8 @@ class Decoder(nn.Module):
             pos = torch.where(idx < s, idx, idx - s + prefix_lengths[:, None])
             key_ok = (idx >= s) | (idx < prefix_lengths[:, None])
             # Each position may attend to itself, so padded rows stay finite.
-            self_ok = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+            # (Not torch.eye: its decomposition makes a uint16 arange LiteRT cannot lower.)
+            self_ok = idx[:, None] == idx[None, :]
             mask = ((mask & key_ok[:, None, :]) | self_ok)[:, None]
         rope = self.rotary(pos)
         for block in self.blocks:

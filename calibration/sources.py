@@ -1,0 +1,110 @@
+"""Where calibration and held-out audio come from, and a stratified pick of utterances.
+
+A source is a corpus directory (``train.jsonl``, ``dev.jsonl``, ``test.jsonl``), one
+JSONL manifest (rows with ``path`` relative to the manifest, ``voice``, ``duration``,
+``text``), or a directory of audio files (voice = the file's parent directory name).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+__all__ = ["AUDIO_SUFFIXES", "Utterance", "heldout_source", "pick", "read_source"]
+
+AUDIO_SUFFIXES: Final = (".wav", ".flac", ".ogg", ".mp3")
+#: The manifest of a corpus directory used for calibration, and the held-out one.
+CALIBRATION_SPLITS: Final = ("train.jsonl", "dev.jsonl")
+HELDOUT_SPLIT: Final = "test.jsonl"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file; ``text`` is None when the source has no transcripts."""
+
+    path: Path
+    voice: str
+    duration: float
+    text: str | None = None
+
+
+def _manifest(path: Path) -> list[Utterance]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append(
+                Utterance(
+                    path.parent / row["path"],
+                    str(row.get("voice", "")),
+                    float(row["duration"]),
+                    row.get("text"),
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} line {number}: not a manifest row ({exc!r})") from None
+    return rows
+
+
+def _directory(path: Path) -> list[Utterance]:
+    import soundfile as sf
+
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    return [Utterance(p, p.parent.name, float(sf.info(p).duration)) for p in files]
+
+
+def read_source(source: str | Path) -> list[Utterance]:
+    """The utterances of a corpus directory (its calibration splits), manifest or audio
+    directory; ValueError when there are none."""
+    path = Path(source)
+    if path.is_dir() and any((path / s).is_file() for s in CALIBRATION_SPLITS):
+        found = [u for s in CALIBRATION_SPLITS if (path / s).is_file() for u in _manifest(path / s)]
+    elif path.is_file():
+        found = _manifest(path)
+    elif path.is_dir():
+        found = _directory(path)
+    else:
+        raise ValueError(f"calibration source {path} does not exist")
+    if not found:
+        raise ValueError(f"calibration source {path} holds no audio")
+    return found
+
+
+def heldout_source(source: str | Path) -> Path | None:
+    """The held-out manifest that goes with a calibration source: a corpus directory's
+    ``test.jsonl``, or a ``test.jsonl`` beside a manifest; None when there is none."""
+    path = Path(source)
+    candidate = path / HELDOUT_SPLIT if path.is_dir() else path.with_name(HELDOUT_SPLIT)
+    return candidate if candidate.is_file() and candidate != path else None
+
+
+def pick(utterances: list[Utterance], n: int, seed: int = 0) -> list[Utterance]:
+    """``n`` utterances stratified by duration (quartiles) and voice, deterministically.
+
+    The duration bins take turns; each gives the utterance whose voice has been picked
+    least so far, so lengths and voices are spread before any repeats.
+    """
+    if n >= len(utterances):
+        return sorted(utterances, key=lambda u: str(u.path))
+    rng = np.random.default_rng(seed)
+    durations = np.array([u.duration for u in utterances])
+    edges = np.quantile(durations, [0.25, 0.5, 0.75])
+    bins: dict[int, list[Utterance]] = defaultdict(list)
+    for index in rng.permutation(len(utterances)):
+        bins[int(np.searchsorted(edges, durations[index]))].append(utterances[index])
+    used: dict[str, int] = defaultdict(int)
+    chosen: list[Utterance] = []
+    while len(chosen) < n:
+        for b in sorted(bins):
+            if bins[b] and len(chosen) < n:
+                best = min(range(len(bins[b])), key=lambda i: used[bins[b][i].voice])
+                chosen.append(bins[b].pop(best))
+                used[chosen[-1].voice] += 1
+    return chosen

@@ -1,0 +1,77 @@
+"""Torch modules for fixed windows (``edgetok.windows``): the exported models, taking the
+real length of each masked axis as an extra ``<AXIS>_valid`` int32 [1] input.
+
+Their outputs on the real part of a padded window equal the exported model's outputs on
+the unpadded input; ``window_module`` wraps a rebuilt model of any role, and
+``window_inputs`` makes the padded keyword inputs for one window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetok.train.models import Decoder, TokenizerExport, _valid
+from edgetok.windows import SCHEMES, Window, pad_inputs, valid_input
+
+__all__ = ["window_inputs", "window_module"]
+
+
+class WindowedTokenizer(nn.Module):
+    """``mel`` [1, W, 80], ``T_valid`` [1] -> ``features`` [1, W/2, D]; padding masked."""
+
+    def __init__(self, tokenizer: TokenizerExport) -> None:
+        super().__init__()
+        self.stem = tokenizer.stem
+        self.blocks = tokenizer.blocks
+
+    def forward(self, mel: torch.Tensor, T_valid: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        x, lengths = self.stem(mel, T_valid.to(torch.int64))
+        mask = _valid(lengths, x.shape[1])[:, None, None]
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+class WindowedDecoder(nn.Module):
+    """``prefix`` [1, S, P], ``text`` [1, U], ``S_valid`` [1] -> ``logits`` [1, U, V]."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self,
+        prefix: torch.Tensor,
+        text: torch.Tensor,
+        S_valid: torch.Tensor,  # noqa: N803
+    ) -> torch.Tensor:
+        return self.decoder(prefix, text, S_valid.to(torch.int64))
+
+
+def window_module(role: str, module: nn.Module) -> nn.Module:
+    """The fixed-window form of a rebuilt ``role`` model (causal or row-wise models as is)."""
+    if role == "tokenizer":
+        return WindowedTokenizer(module).eval()
+    if role == "decoder":
+        return WindowedDecoder(module).eval()
+    return module.eval()
+
+
+def window_inputs(
+    role: str, inputs: Mapping[str, np.ndarray], window: Window | None = None
+) -> dict[str, torch.Tensor]:
+    """Keyword tensors of ``inputs`` padded to ``window`` (default: their own lengths),
+    with the ``<AXIS>_valid`` inputs."""
+    scheme = SCHEMES[role]
+    lengths = {
+        axis: int(inputs[name].shape[dim])
+        for name, dims in scheme.inputs.items()
+        for dim, axis in dims.items()
+    }
+    feeds = pad_inputs(scheme, inputs, window or lengths, lengths)
+    order = [*inputs, *(valid_input(axis) for axis in scheme.valid)]
+    return {name: torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in order}

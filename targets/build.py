@@ -1,0 +1,236 @@
+"""``build``: a bundle compiled for one target, with its parity report.
+
+Steps: the target's profile names the backend and default precision; that backend's
+compiler checks its toolchain (a ``ToolchainError`` before any work); with INT8, a
+calibration set is made from audio (cached under ``<out>/../.cache``); each model is
+compiled; the codebook and sample are copied; ``bundle.toml`` is written with the
+target, each model's backend and precision and hash; then the built bundle is compared
+with the FP32 source on held-out audio (``targets.parity``), the tokenizer timed against
+the FP32 ONNX on the same backend (``targets.latency``), and the report stored as
+``parity.json`` and as a summary in ``bundle.toml``'s ``[eval.parity]``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+from calibration import CalibrationSet, Utterance, heldout_source, make_calibration, pick
+from calibration import read_source as read_audio_source
+from edgetok.bundle import (
+    MANIFEST_NAME,
+    MODEL_ROLES,
+    Bundle,
+    load_bundle,
+    sha256_file,
+    write_bundle,
+)
+from edgetok.runtime import SessionOptions
+from targets import load_profile
+from targets.compilers import get_compiler
+
+__all__ = ["BuildError", "BuildResult", "build", "default_calibration_source"]
+
+PARITY_FILE: Final = "parity.json"
+#: Utterances for calibration and for the parity report (the held-out set is capped).
+CALIBRATION_SIZE: Final = 32
+HELDOUT_SIZE: Final = 40
+#: Log-mel frames of the latency window (4 s).
+LATENCY_FRAMES: Final = 400
+_COPIED: Final = ("sample.wav",)
+
+Progress = Callable[[str], None]
+
+
+class BuildError(RuntimeError):
+    """A build that cannot go on; the message says why and what to pass."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Bundle
+    report: dict[str, Any]
+
+
+def default_calibration_source(bundle: Bundle) -> Path | None:
+    """The corpus the bundle was trained on, when it is in the edgetok cache here."""
+    from edgetok.train.paths import cache_dir
+
+    corpus = bundle.training.get("corpus", {})
+    name = corpus.get("name") if isinstance(corpus, dict) else None
+    path = cache_dir() / "corpus" / str(name) if name else None
+    return path if path is not None and path.is_dir() else None
+
+
+def _audio(
+    source: Bundle, calib: Path | None, heldout: Path | None, *, int8: bool
+) -> tuple[list[Utterance], list[Utterance]]:
+    """(calibration utterances, held-out utterances); calibration audio is required only
+    for INT8, held-out audio is taken where there is some."""
+    calib = calib or default_calibration_source(source)
+    if calib is None and int8:
+        raise BuildError(
+            "no calibration audio: pass --calib with a corpus directory, a manifest "
+            "(.jsonl) or a directory of audio files"
+        )
+    heldout = heldout or (heldout_source(calib) if calib else None)
+    try:
+        chosen = pick(read_audio_source(calib), CALIBRATION_SIZE) if calib and int8 else []
+        held = pick(read_audio_source(heldout), HELDOUT_SIZE) if heldout else []
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    return chosen, held
+
+
+def _prepare(out_dir: Path) -> None:
+    """An empty ``out_dir``; an existing one is replaced only when it holds a bundle."""
+    if out_dir.exists():
+        if any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+            raise BuildError(f"{out_dir} exists and is not a built bundle; choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+
+
+def _manifest(source: Bundle, target: str, artifacts: dict, backend: str, out_dir: Path) -> Bundle:
+    models = {
+        role: replace(
+            source.models[role],
+            file=artifact.file,
+            backend=backend,
+            precision=artifact.precision,
+            sha256=sha256_file(out_dir / artifact.file),
+        )
+        for role, artifact in artifacts.items()
+    }
+    meta = replace(
+        source.meta,
+        target=target,
+        description=f"{source.meta.description} Built for {target} ({backend}).".strip(),
+    )
+    return replace(source, meta=meta, models=models, root=None)
+
+
+def _latency(source: Bundle, built: Bundle, held: list[Utterance]) -> dict[str, Any]:
+    import numpy as np
+
+    from edgetok.audio import load_audio
+    from edgetok.frontend import log_mel
+    from edgetok.stages import frontend_config
+    from targets.latency import tokenizer_latency
+
+    if held:
+        audio = np.concatenate([load_audio(u.path, source.audio.sample_rate) for u in held[:4]])
+        mel = log_mel(audio, frontend_config(source))[None, :LATENCY_FRAMES]
+    else:
+        mel = np.random.default_rng(0).normal(-5, 3, (1, LATENCY_FRAMES, source.frontend.n_mels))
+    return tokenizer_latency(source, built, mel.astype(np.float32))
+
+
+def build(
+    bundle_path: str | Path,
+    target: str,
+    out_dir: str | Path,
+    *,
+    int8: bool | None = None,
+    backend: str | None = None,
+    calib: str | Path | None = None,
+    heldout: str | Path | None = None,
+    progress: Progress = print,
+) -> BuildResult:
+    """Build the bundle at ``bundle_path`` for ``target`` into ``out_dir``.
+
+    ``int8`` None takes the target profile's precision; ``backend`` None its backend
+    (another must be one of its ``fallback_backends``). ``calib``: the audio to calibrate
+    on (default: the bundle's training corpus in the edgetok cache); ``heldout``: the
+    audio of the parity report (default: the ``test.jsonl`` that goes with ``calib``).
+    Raises ``ToolchainError`` when the backend cannot be built here, ``BuildError`` for
+    missing audio or an unusable output directory, ``BundleError`` for a bad bundle.
+    """
+    profile = load_profile(target)
+    int8 = profile.precision == "int8" if int8 is None else int8
+    backend = backend or profile.backend
+    if backend not in (profile.backend, *profile.fallback_backends):
+        raise BuildError(
+            f"target {target} runs {', '.join((profile.backend, *profile.fallback_backends))}, "
+            f"not {backend}"
+        )
+    compiler = get_compiler(backend)
+    compiler.check()
+    source = load_bundle(bundle_path)
+    missing = [role for role in MODEL_ROLES if role not in source.models]
+    if missing:
+        raise BuildError(f"{source.manifest_path}: a build needs every model; missing {missing}")
+    out_dir = Path(out_dir)
+    chosen, held = _audio(
+        source, Path(calib) if calib else None, Path(heldout) if heldout else None, int8=int8
+    )
+    _prepare(out_dir)
+    work_dir = out_dir.parent / ".work" / out_dir.name
+    shutil.rmtree(work_dir, ignore_errors=True)
+    calibration: CalibrationSet | None = None
+    if int8:
+        progress(f"calibration: {len(chosen)} utterances through the FP32 models")
+        calibration = make_calibration(source, chosen, out_dir.parent / ".cache" / "calibration")
+    artifacts = {}
+    for i, role in enumerate(MODEL_ROLES, 1):
+        started = time.perf_counter()
+        progress(f"[{i}/{len(MODEL_ROLES)}] {role}: {backend} {'int8' if int8 else 'fp32'}")
+        artifacts[role] = compiler.compile(
+            source,
+            role,
+            out_dir,
+            int8=int8,
+            calib=calibration.reader(role) if calibration else None,
+            work_dir=work_dir,
+        )
+        progress(f"      -> {artifacts[role].file} ({time.perf_counter() - started:.1f} s)")
+    shutil.copy(source.codebook_path, out_dir / source.tokens.codebook_file)
+    for name in _COPIED:
+        if (source.manifest_path.parent / name).is_file():
+            shutil.copy(source.manifest_path.parent / name, out_dir / name)
+    write_bundle(_manifest(source, target, artifacts, backend, out_dir), out_dir)
+    built = load_bundle(out_dir)
+
+    progress(f"parity: {len(held)} held-out utterances, FP32 ONNX vs {target}")
+    report: dict[str, Any] = {
+        "target": target,
+        "backend": backend,
+        "precision": {role: a.precision for role, a in artifacts.items()},
+        "calibration_utterances": len(chosen) if int8 else 0,
+    }
+    if held:
+        from targets.parity import checks, measure
+
+        def tick(done: int, total: int) -> None:
+            if done % 5 == 0 or done == total:
+                progress(f"      {done}/{total} utterances")
+
+        options = SessionOptions(threads=profile.threads)
+        report.update(measure(source, built, held, options=options, progress=tick))
+        report["checks"] = checks(report)
+    else:
+        report["note"] = "no held-out audio: parity not measured (pass --heldout)"
+    report["latency"] = {"tokenizer": _latency(source, built, held)}
+    (out_dir / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_bundle(
+        replace(built, eval={**built.eval, "parity": _summary(report)}, root=None), out_dir
+    )
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return BuildResult(load_bundle(out_dir), report)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's headline numbers for ``[eval.parity]`` (TOML has no null)."""
+    flat = {"target": report["target"]}
+    if "models" in report:
+        flat["token_agreement"] = report["models"]["tokenizer"]["token_agreement"]
+        flat["entropy_mae"] = report["models"]["entropy_lm"]["entropy_mae"]
+        flat["boundary_f1"] = report["pipeline"]["boundary_f1"]
+        flat["wer_change"] = report["pipeline"]["wer_change"]
+    flat["tokenizer_speedup"] = report["latency"]["tokenizer"]["speedup"]
+    return {key: value for key, value in flat.items() if value is not None}

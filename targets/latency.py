@@ -1,0 +1,57 @@
+"""Tokenizer latency of a built model against the FP32 ONNX on the same backend.
+
+One thread, one window of log-mel, the two sessions timed alternately in the same run
+(so a busy machine slows both alike); the median of ``repeats`` runs each.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Final
+
+import numpy as np
+
+from edgetok.bundle import Bundle
+from edgetok.runtime import Session, SessionOptions, open_session
+
+#: Backends that also open the FP32 ``.onnx`` directly, for a same-backend baseline.
+ONNX_BACKENDS: Final = ("onnxruntime", "openvino")
+WARMUP: Final = 3
+
+
+def _seconds(session: Session, feeds: dict[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    session.run(feeds)
+    return time.perf_counter() - start
+
+
+def tokenizer_latency(
+    reference: Bundle, built: Bundle, mel: np.ndarray, repeats: int = 20
+) -> dict[str, Any]:
+    """Median milliseconds of the built tokenizer and (where its backend reads ONNX) of
+    the FP32 ONNX tokenizer on ``mel`` [1, T, n_mels], one thread, and the speed-up."""
+    backend = built.models["tokenizer"].backend
+    feeds = {"mel": np.ascontiguousarray(mel, dtype=np.float32)}
+    sessions = {"built": built.open("tokenizer", options=SessionOptions(threads=1))}
+    if backend in ONNX_BACKENDS:
+        sessions["fp32"] = open_session(
+            reference.path_of("tokenizer"),
+            backend,
+            options=SessionOptions(threads=1, precision="fp32"),
+        )
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for round_ in range(WARMUP + repeats):
+        for name, session in sessions.items():
+            seconds = _seconds(session, feeds)
+            if round_ >= WARMUP:
+                times[name].append(seconds)
+    ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
+    return {
+        "backend": backend,
+        "threads": 1,
+        "frames": int(mel.shape[1]),
+        "built_ms": ms["built"],
+        "fp32_ms": ms.get("fp32"),
+        "speedup": ms["fp32"] / ms["built"] if "fp32" in ms else None,
+    }

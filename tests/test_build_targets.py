@@ -1,0 +1,133 @@
+"""targets.build and ``edgetok build``: real builds of the tiny exported bundle on espeak
+speech, their manifests, parity reports and toolchain errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fixtures import build_fixtures
+
+from edgetok.bundle import MODEL_ROLES, load_bundle
+from edgetok.cli import main
+
+pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
+
+exported_bundle = build_fixtures.exported_bundle
+speech_corpus = build_fixtures.speech_corpus
+
+
+def _build(bundle: Path, corpus: Path, out: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        main,
+        ["build", "--bundle", str(bundle), "--calib", str(corpus), "--out", str(out), *args],
+    )
+    return result.exit_code, result.output
+
+
+def test_onnxruntime_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x86-cpu-onnxruntime"
+    code, output = _build(
+        exported_bundle, speech_corpus, out, "--target", "x86-cpu", "--backend", "onnxruntime"
+    )
+    assert code == 0, output
+    assert "tokenizer   token agreement" in output and "speed-up" in output
+    built = load_bundle(out)
+    assert built.meta.target == "x86-cpu"
+    for role in MODEL_ROLES:
+        entry = built.models[role]
+        assert (entry.file, entry.backend, entry.precision) == (
+            f"{role}.onnx",
+            "onnxruntime",
+            "int8",
+        )
+    report = json.loads((out / "parity.json").read_text())
+    assert report["utterances"] == 2 and report["calibration_utterances"] == 2
+    assert 0.0 <= report["models"]["tokenizer"]["token_agreement"] <= 1.0
+    assert report["pipeline"]["utterances_with_text"] == 2
+    assert report["latency"]["tokenizer"]["speedup"] > 0
+    assert set(report["checks"]) == {
+        "token_agreement >= 0.98",
+        "boundary_f1 >= 0.95",
+        "wer_change <= 0.005",
+    }
+    assert built.eval["parity"]["target"] == "x86-cpu"
+    import onnx
+
+    quantized = onnx.load(str(out / "entropy_lm.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+
+
+def test_fp32_build_has_exact_parity(
+    exported_bundle: Path, speech_corpus: Path, tmp_path: Path
+) -> None:
+    from targets.build import build
+
+    result = build(
+        exported_bundle,
+        "rpi",
+        tmp_path / "rpi",
+        int8=False,
+        calib=speech_corpus,
+        progress=lambda _: None,
+    )
+    report = result.report
+    assert report["precision"] == dict.fromkeys(MODEL_ROLES, "fp32")
+    assert report["models"]["tokenizer"]["token_agreement"] == 1.0
+    assert report["models"]["entropy_lm"]["entropy_mae"] < 1e-5
+    assert report["pipeline"]["boundary_f1"] == 1.0
+    assert report["pipeline"]["wer_change"] == 0.0
+    assert all(report["checks"].values())
+
+
+def test_openvino_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nncf", reason="OpenVINO and NNCF are in the build extra")
+    code, output = _build(exported_bundle, speech_corpus, tmp_path / "ov", "--target", "x86-cpu")
+    assert code == 0, output
+    built = load_bundle(tmp_path / "ov")
+    assert {e.backend for e in built.models.values()} == {"openvino"}
+    assert (tmp_path / "ov" / "tokenizer.bin").is_file()
+    from edgetok.stages import Transcriber
+
+    audio = np.zeros(16000, np.float32)
+    assert isinstance(Transcriber(built)(audio).text, str)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is here")
+def test_missing_toolchain_is_one_message(
+    exported_bundle: Path, speech_corpus: Path, tmp_path: Path
+) -> None:
+    code, output = _build(exported_bundle, speech_corpus, tmp_path / "j", "--target", "jetson")
+    assert code == 1
+    assert "Error: tensorrt is not installed here" in output and "on the Jetson" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "x86-cpu", "--backend", "litert"], "runs openvino, onnxruntime, not litert"),
+        (["--target", "pi"], "unknown target 'pi'; known targets: android, jetson, rpi, x86-cpu"),
+    ],
+)
+def test_bad_arguments(
+    exported_bundle: Path, speech_corpus: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, output = _build(exported_bundle, speech_corpus, tmp_path / "o", *args)
+    assert code == 1 and message in output and "Traceback" not in output
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_bundle(
+    exported_bundle: Path,
+    speech_corpus: Path,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    code, output = _build(exported_bundle, speech_corpus, tmp_path, "--target", "rpi", "--fp32")
+    assert code == 1 and "is not a built bundle" in output
+    assert (tmp_path / "keep.txt").read_text() == "mine"
