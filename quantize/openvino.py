@@ -1,6 +1,12 @@
-"""OpenVINO static INT8 through NNCF: ``nncf.quantize`` with the transformer model type and
-the mixed preset (symmetric weights, asymmetric activations); the recipe's float nodes
-(by their ONNX names, which OpenVINO keeps) are an ignored scope."""
+"""OpenVINO static INT8 through NNCF: ``nncf.quantize`` with the transformer model type,
+the performance preset (symmetric INT8 weights and activations) and SmoothQuant off; the
+recipe's float nodes (by their ONNX names, which OpenVINO keeps) are an ignored scope.
+
+Chosen by measurement (dev bundle tokenizer, 12 held-out utterances, token agreement
+with FP32): mixed preset + SmoothQuant (NNCF's transformer default) 92.2 %, mixed
+without SmoothQuant 93.6 %, performance + SmoothQuant 94.5 %, performance without
+95.7 %; without the transformer model type 91.0 %.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,10 @@ import nncf
 import numpy as np
 import onnx
 import openvino as ov
+from nncf.quantization.advanced_parameters import (
+    AdvancedQuantizationParameters,
+    AdvancedSmoothQuantParameters,
+)
 
 from quantize import float_onnx_nodes
 
@@ -34,7 +44,10 @@ class OpenVinoQuantizer:
             ov_model,
             nncf.Dataset(list(data)),
             model_type=nncf.ModelType.TRANSFORMER,
-            preset=nncf.QuantizationPreset.MIXED,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
             subset_size=len(data),
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)  # -1: off
+            ),
             ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
         )

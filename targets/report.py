@@ -44,7 +44,8 @@ def format_report(report: dict[str, Any]) -> str:
     t = report["latency"]["tokenizer"]
     lines.append(
         f"tokenizer latency, {t['backend']}, {t['threads']} thread, {t['frames']} frames: "
-        f"built {t['built_ms']:.1f} ms, FP32 {_num(t['fp32_ms'], '.1f')} ms, "
+        f"built {t['built_min_ms']:.1f} ms, FP32 {_num(t['fp32_min_ms'], '.1f')} ms (best of "
+        f"{t['repeats']}; medians {t['built_ms']:.1f}, {_num(t['fp32_ms'], '.1f')}), "
         f"speed-up {_num(t['speedup'], '.2f')}x"
     )
     return "\n".join(lines)
