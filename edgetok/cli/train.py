@@ -143,9 +143,16 @@ def score_cmd(corpus_dir, run_name) -> None:
 def decoder_cmd(
     corpus_dir, run_name, mode, target_hz, min_len, max_len, max_positions, **loop_kwargs
 ) -> None:
-    """Train aggregator + decoder jointly for ASR over MODE segments."""
+    """Train aggregator + decoder jointly for ASR over MODE segments.
+
+    A fresh run starts the token embeddings at the tokenizer run's k-means codebook."""
     corpus, run_dir, loop = _setup(corpus_dir, run_name or f"decoder_{mode}", **loop_kwargs)
+    import numpy as np
+
     from edgetok.train.fit_decoder import train_decoder
+    from edgetok.train.fit_tokenizer import CODEBOOK_FILE
+
+    codebook_path = run_dir.parent / "tokenizer" / CODEBOOK_FILE
 
     train_decoder(
         corpus,
@@ -156,6 +163,7 @@ def decoder_cmd(
         min_len=min_len,
         max_len=max_len,
         max_positions=max_positions,
+        codebook=np.load(codebook_path) if codebook_path.exists() else None,
     )
 
 
@@ -176,15 +184,7 @@ def decoder_cmd(
     show_default=True,
     help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
 )
-@click.option(
-    "--with-decoder-step/--without-decoder-step",
-    default=False,
-    show_default=True,
-    help="Add the KV-cache decoder (faster decoding; +13 MB, over the default's 40 MB budget).",
-)
-def bundle_cmd(
-    corpus_dir, out, tokenizer_run, lm_run, decoder_run, sample_voice, with_decoder_step
-) -> None:
+def bundle_cmd(corpus_dir, out, tokenizer_run, lm_run, decoder_run, sample_voice) -> None:
     """Export the trained runs as a bundle: FP32 ONNX, codebook, manifest, sample WAV."""
     corpus, runs, _ = _setup(corpus_dir, ".")
     from edgetok.train.make_bundle import make_bundle, write_sample_wav
@@ -198,7 +198,6 @@ def bundle_cmd(
         decoder_run=runs / decoder_run,
         corpus_dir=corpus,
         sample_wav=sample,
-        with_decoder_step=with_decoder_step,
     )
     click.echo(f"wrote {bundle.manifest_path}")
 

@@ -36,6 +36,19 @@ class SpeechToText(nn.Module):
         self.decoder = Decoder()
 
 
+def embed_codebook(aggregator: Aggregator, codebook: np.ndarray, std: float = 0.1) -> None:
+    """Start the aggregator's token embeddings at the codebook centroids (standardised per
+    dimension to ``std``): tokens begin where the tokenizer put them, near ones alike,
+    instead of at random, which shortens the decoder's search for the alignment."""
+    weight = aggregator.embed.weight
+    if codebook.shape != tuple(weight.shape):
+        raise ValueError(f"codebook {codebook.shape} does not fit embeddings {tuple(weight.shape)}")
+    centred = codebook - codebook.mean(axis=0)
+    scaled = centred / (centred.std(axis=0) + 1e-6) * std
+    with torch.no_grad():
+        weight.copy_(torch.from_numpy(scaled.astype(np.float32)))
+
+
 def solve_compression(
     train: TokenSet, mode: str, *, target_hz: float, min_len: int, max_len: int
 ) -> Compression:
@@ -151,8 +164,10 @@ def train_decoder(
     max_len: int = 8,
     max_positions: int = 8_000,
     dev_utterances: int = 200,
+    codebook: np.ndarray | None = None,
 ) -> None:
-    """Train (or resume) aggregator + decoder over ``mode`` segments in ``run_dir``."""
+    """Train (or resume) aggregator + decoder over ``mode`` segments in ``run_dir``;
+    a fresh run starts its token embeddings at ``codebook`` when given."""
     train_tokens = load_tokens(corpus_dir, "train")
     run_dir.mkdir(parents=True, exist_ok=True)
     compression_file = run_dir / COMPRESSION_FILE
@@ -168,7 +183,9 @@ def train_decoder(
     print(f"{mode}: {train.segments_per_second():.2f} segments/s on train, {compression}")
 
     model = SpeechToText()
-    run = TrainingRun(run_dir, model, loop)
+    if codebook is not None:
+        embed_codebook(model.aggregator, codebook)
+    run = TrainingRun(run_dir, model, loop)  # a checkpoint, when there is one, wins
 
     def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         prefix, lengths = prefix_batch(model.aggregator, train, idx)
