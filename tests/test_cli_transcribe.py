@@ -68,6 +68,27 @@ def test_json_one_object_per_file(tiny_bundle: Path, speech_dir: Path) -> None:
         }
 
 
+def test_dump_tokens_matches_the_transcriber(tiny_bundle: Path, speech_dir: Path) -> None:
+    wav = speech_dir / "fox.wav"
+    result = run("transcribe", str(wav), "--bundle", str(tiny_bundle), "--json", "--dump-tokens")
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert set(obj) == SUMMARY_KEYS | {"token_ids", "entropy", "starts"}
+    expected = Transcriber(load_bundle(tiny_bundle))(load_audio(wav))
+    assert obj["token_ids"] == expected.tokens.tolist()
+    assert obj["entropy"] == expected.entropy.tolist()
+    assert obj["starts"] == expected.starts.tolist()
+
+
+@pytest.mark.parametrize("extra", [[], ["--server", "ws://localhost:1"]])
+def test_dump_tokens_needs_local_json(tiny_bundle: Path, speech_dir: Path, extra) -> None:
+    wav = str(speech_dir / "hello.wav")
+    args = ["--json"] if extra else []
+    result = run("transcribe", wav, "--bundle", str(tiny_bundle), "--dump-tokens", *args, *extra)
+    assert result.exit_code == 2
+    assert "--dump-tokens needs --json and a local decoder" in result.output
+
+
 def test_bad_file_is_reported_and_others_still_run(
     tiny_bundle: Path, speech_dir: Path, tmp_path: Path
 ) -> None:

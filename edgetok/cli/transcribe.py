@@ -38,6 +38,13 @@ if TYPE_CHECKING:
     "tokens_per_s, segments_per_s, rtf, timings (seconds per stage); with --server also "
     "latency_s and bytes (compressed segments, dense tokens, raw PCM).",
 )
+@click.option(
+    "--dump-tokens",
+    is_flag=True,
+    help="With --json and a local decoder: also token_ids, entropy (nats per token) and "
+    "starts (segment starts, token indices), as inspect --json gives them; for parity "
+    "checks across machines and backends.",
+)
 @threads_option
 def command(
     files: tuple[Path, ...],
@@ -46,6 +53,7 @@ def command(
     token: str | None,
     local: bool,
     as_json: bool,
+    dump_tokens: bool,
     threads: int,
 ) -> None:
     """Transcribe each audio FILE (WAV, FLAC, OGG, ...; any rate, mixed to mono).
@@ -57,6 +65,8 @@ def command(
     """
     if server is not None and local:
         raise click.UsageError("choose one of --server and --local")
+    if dump_tokens and (server is not None or not as_json):
+        raise click.UsageError("--dump-tokens needs --json and a local decoder (no --server)")
     transcriber = open_transcriber(bundle_path, threads)
     pipeline = None
     if server is not None:
@@ -75,6 +85,12 @@ def command(
             if pipeline is None:
                 transcript = transcriber(audio)
                 summary, line = transcript_summary(transcript), transcript_line(transcript)
+                if dump_tokens:
+                    summary |= {
+                        "token_ids": transcript.tokens.tolist(),
+                        "entropy": transcript.entropy.tolist(),
+                        "starts": transcript.starts.tolist(),
+                    }
             else:
                 utterance = _remote(pipeline, audio)
                 summary = {k: v for k, v in utterance.to_dict().items() if k != "utterance"}
