@@ -60,7 +60,8 @@ def train_lm(
 
 @torch.no_grad()
 def score_corpus(corpus_dir: Path, run_dir: Path, splits=("train", "dev", "test")) -> None:
-    """Per-token entropies of every split, saved beside the token cache."""
+    """Per-token entropies of every split, saved beside the token cache (each file
+    appears whole: written aside, then renamed, so a waiting stage never reads half)."""
     lm = load_lm(run_dir)
     for split in splits:
         tokens = load_tokens(corpus_dir, split)
@@ -73,4 +74,8 @@ def score_corpus(corpus_dir: Path, run_dir: Path, splits=("train", "dev", "test"
             for row, i in enumerate(idx):
                 begin = int(tokens.offsets[i])
                 entropy[begin : begin + int(lengths[row])] = h[row, : int(lengths[row])]
-        np.save(entropy_path(corpus_dir, split), entropy)
+        path = entropy_path(corpus_dir, split)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.save(f, entropy)
+        partial.replace(path)
