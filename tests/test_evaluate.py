@@ -199,3 +199,22 @@ def test_pocketsphinx(tiny_bundle: Path, manifest: Path, speech_dir: Path) -> No
     assert list(systems) == ["entropy", POCKETSPHINX]
     assert systems[POCKETSPHINX]["tokens_per_s"] is None
     assert systems[POCKETSPHINX]["voices"]["us"]["utterances"] == 1
+
+
+def test_cli_record_writes_the_eval_table(
+    tiny_bundle: Path, manifest: Path, tmp_path: Path
+) -> None:
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle_dir)
+    args = [str(manifest), "--bundle", str(bundle_dir), "--no-pocketsphinx", "--limit", "2"]
+    result = eval_cli(*args, "--record", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    recorded = load_bundle(bundle_dir).eval
+    assert recorded["utterances"] == 2 and recorded["manifest"] == str(manifest)
+    assert recorded["command"].startswith("edgetok ")
+    entropy = report["systems"]["entropy"]
+    assert recorded["entropy"]["wer"] == round(entropy["wer"], 4)
+    assert recorded["entropy"]["per_voice_wer"] == {
+        voice: round(v["wer"], 4) for voice, v in entropy["voices"].items()
+    }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,23 @@ def format_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def eval_table(result: dict[str, Any], manifest: Path, command: str) -> dict[str, Any]:
+    """An ``evaluate`` result as a bundle's ``[eval]`` table (TOML has no null: rates a
+    system does not have are left out)."""
+    table: dict[str, Any] = {
+        "manifest": str(manifest),
+        "utterances": result["utterances"],
+        "audio_s": round(result["audio_s"], 1),
+        "command": command,
+    }
+    for name, s in result["systems"].items():
+        keys = ("wer", "cer", "tokens_per_s", "segments_per_s", "rtf")
+        row = {k: round(float(s[k]), 4) for k in keys if s.get(k) is not None}
+        row["per_voice_wer"] = {v: round(float(x["wer"]), 4) for v, x in s["voices"].items()}
+        table[name] = row
+    return table
+
+
 @click.command("eval")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @bundle_option
@@ -85,6 +105,11 @@ def format_tables(result: dict[str, Any]) -> str:
     "systems {name: utterances, wer, cer, tokens_per_s, segments_per_s, rtf, "
     "voices {voice: utterances, wer, cer}}.",
 )
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Write the result into the bundle's bundle.toml as its [eval] table.",
+)
 @threads_option
 def command(
     manifest: Path,
@@ -93,6 +118,7 @@ def command(
     pocketsphinx: bool | None,
     limit: int | None,
     as_json: bool,
+    record: bool,
     threads: int,
 ) -> None:
     """Score speech-to-text on the utterances of MANIFEST (JSONL: id, path, text, voice;
@@ -133,6 +159,14 @@ def command(
         result = ev.evaluate(utterances, transcriber, packs, recognizer, progress=True)
     except AudioError as exc:
         raise click.ClickException(str(exc)) from None
+    if record:
+        from edgetok.bundle import write_bundle
+
+        bundle = transcriber.bundle
+        command = shlex.join(["edgetok", *sys.argv[1:]])
+        table = eval_table(result, manifest, command)
+        written = write_bundle(dataclasses.replace(bundle, eval=table), bundle.root)
+        click.echo(f"recorded in {written}", err=True)
     if as_json:
         head = {"manifest": str(manifest), "bundle": str(transcriber.bundle.root)}
         click.echo(json.dumps({**head, **result}))
