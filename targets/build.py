@@ -32,7 +32,7 @@ from edgetok.bundle import (
 )
 from edgetok.runtime import SessionOptions
 from targets import load_profile
-from targets.compilers import get_compiler
+from targets.compilers import ToolchainError, get_compiler
 
 __all__ = ["BuildError", "BuildResult", "build", "default_calibration_source"]
 
@@ -160,7 +160,16 @@ def build(
             f"not {backend}"
         )
     compiler = get_compiler(backend)
-    compiler.check()
+    try:
+        compiler.check()
+    except ToolchainError as exc:
+        others = [b for b in (profile.backend, *profile.fallback_backends) if b != backend]
+        if not others:
+            raise
+        raise ToolchainError(
+            f"{exc}; or build {target} for {' or '.join(others)} here: "
+            f"edgetok build --target {target} --backend {others[0]}"
+        ) from None
     source = load_bundle(bundle_path)
     missing = [role for role in MODEL_ROLES if role not in source.models]
     if missing:

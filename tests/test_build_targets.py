@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,44 @@ def test_missing_toolchain_is_one_message(
     assert "Error: tensorrt is not installed here" in output and "on the Jetson" in output
     assert "Traceback" not in output
     assert not (tmp_path / "j").exists()
+
+
+def test_missing_openvino_is_one_message(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as in an env without the build extra
+    out = tmp_path / "ov"
+    result = CliRunner().invoke(
+        main, ["build", "--bundle", str(tiny_bundle), "--target", "x86-cpu", "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "Error: openvino is not installed here" in result.output
+    assert "pip install 'edgetok[build]'" in result.output
+    assert "edgetok build --target x86-cpu --backend onnxruntime" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def _no_gpu_builder(logger: object) -> None:
+    raise TypeError("pybind11::init(): factory function returned nullptr")
+
+
+@pytest.mark.parametrize("builder", [lambda logger: None, _no_gpu_builder])
+def test_tensorrt_without_a_gpu_is_one_message(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, builder: object
+) -> None:
+    """TensorRT importable but no CUDA device: the builder is None or its constructor raises."""
+    fake = types.ModuleType("tensorrt")
+    fake.Logger = type("Logger", (), {"ERROR": 0, "WARNING": 1, "__init__": lambda self, _: None})
+    fake.Builder = builder
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    out = tmp_path / "j"
+    result = CliRunner().invoke(
+        main, ["build", "--bundle", str(tiny_bundle), "--target", "jetson", "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "Error: TensorRT found no usable GPU here" in result.output
+    assert "on the Jetson itself" in result.output and "--backend onnxruntime" in result.output
+    assert "Traceback" not in result.output and not out.exists()
 
 
 @pytest.mark.parametrize(

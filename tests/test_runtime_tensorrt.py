@@ -27,11 +27,16 @@ def test_engine_runs_like_onnxruntime(tmp_path: Path) -> None:
         "run on a Jetson or a GPU machine",
     )
     pytest.importorskip("cuda", reason="cuda-python is needed for device memory")
+    from targets.compilers import ToolchainError, get_compiler
+
+    try:
+        get_compiler("tensorrt").check()
+    except ToolchainError as exc:
+        pytest.skip(str(exc))
     import numpy as np
     from fixtures.make_tiny_bundle import make_tiny_bundle
 
     from edgetok.bundle import load_bundle
-    from targets.compilers import get_compiler
 
     bundle = load_bundle(make_tiny_bundle(tmp_path / "tiny"))
     artifact = get_compiler("tensorrt").compile(

@@ -70,7 +70,7 @@ def require(*modules: str, install: str) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except (ImportError, OSError) as exc:  # OSError: a wheel whose shared libraries fail
             raise ToolchainError(f"{module} is not installed here ({exc}); {install}") from None
 
 

@@ -29,8 +29,16 @@ class TensorRtCompiler:
         require("tensorrt", install=INSTALL)
         import tensorrt as trt
 
-        if trt.Builder(trt.Logger(trt.Logger.ERROR)) is None:
-            raise ToolchainError(f"TensorRT found no usable GPU here; {INSTALL}")
+        # Without a CUDA device the builder is None or its constructor raises (pybind11:
+        # "factory function returned nullptr"), depending on the TensorRT version.
+        try:
+            builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        except Exception as exc:  # noqa: BLE001 - any failure here means no usable GPU
+            builder, reason = None, f" ({exc})"
+        else:
+            reason = ""
+        if builder is None:
+            raise ToolchainError(f"TensorRT found no usable GPU here{reason}; {INSTALL}")
 
     def compile(
         self,
