@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,13 +127,15 @@ class PipelineStats:
 
 
 @contextlib.contextmanager
-def _stopwatch(timings: dict[str, float], stage: str) -> Iterator[None]:
-    """Add the block's wall time to ``timings[stage]``."""
-    start = time.perf_counter()
+def _stopwatch(
+    timings: dict[str, float], stage: str, clock: Callable[[], float] = time.perf_counter
+) -> Iterator[None]:
+    """Add the block's time on ``clock`` (default: wall time) to ``timings[stage]``."""
+    start = clock()
     try:
         yield
     finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        timings[stage] = timings.get(stage, 0.0) + clock() - start
 
 
 @dataclass
@@ -151,7 +153,8 @@ class Pipeline:
     """Utterances from an audio source, through a ``Transcriber``'s stages, to a ``Sink``.
 
     ``queue_chunks`` bounds the capture queue (about 16 s of 32 ms chunks by default),
-    ``results`` the finished utterances not yet taken from ``run``.
+    ``results`` the finished utterances not yet taken from ``run``. ``clock`` times the
+    stages (default wall time; ``edgetok bench --clock cpu`` passes the process CPU time).
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class Pipeline:
         queue_chunks: int = 512,
         results: int = 16,
         result_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.transcriber = transcriber
         self.sink = sink
@@ -171,6 +175,7 @@ class Pipeline:
         self.vad, self._vad_model = vad or VadConfig(), vad_model
         self.queue_chunks, self.results = queue_chunks, results
         self.result_timeout_s = result_timeout_s
+        self.clock = clock
         self.stats = PipelineStats()
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
@@ -179,7 +184,7 @@ class Pipeline:
         """One whole utterance of float32 audio (no VAD); latency counts from the call."""
         called = time.monotonic()
         timings: dict[str, float] = {}
-        with _stopwatch(timings, "frontend"):
+        with _stopwatch(timings, "frontend", self.clock):
             mel = log_mel(audio, self.transcriber.tokenizer.frontend)
         end_s = start_s + len(audio) / self.sample_rate
         return self._finish(0, start_s, end_s, mel, timings, called, called)
@@ -274,7 +279,7 @@ class Pipeline:
                 except queue.Empty:
                     continue
                 vad_timings: dict[str, float] = {}
-                with _stopwatch(vad_timings, "vad"):
+                with _stopwatch(vad_timings, "vad", self.clock):
                     if item is _END:
                         detector.flush()
                     else:
@@ -308,7 +313,7 @@ class Pipeline:
             frontend = LogMelStream(self.transcriber.tokenizer.frontend)
             current = _Open(event.utterance, event.sample, frontend)
         assert current is not None and current.index == event.utterance
-        with _stopwatch(current.timings, "frontend"):
+        with _stopwatch(current.timings, "frontend", self.clock):
             current.mel.append(current.frontend.push(event.audio))
         if event.kind != "end":
             return current
@@ -341,16 +346,16 @@ class Pipeline:
         """Tokens -> segments -> sink for one utterance's log-mel frames."""
         t = self.transcriber
         compression = t.pack.compression
-        with _stopwatch(timings, "tokenizer"):
+        with _stopwatch(timings, "tokenizer", self.clock):
             tokens = t.tokenizer.from_mel(mel)
-        with _stopwatch(timings, "entropy_lm"):
+        with _stopwatch(timings, "entropy_lm", self.clock):
             entropy = t.entropy(tokens)
-        with _stopwatch(timings, "segmenter"):
+        with _stopwatch(timings, "segmenter", self.clock):
             starts = compression.starts(tokens, entropy)
-        with _stopwatch(timings, "aggregator"):
+        with _stopwatch(timings, "aggregator", self.clock):
             vectors = t.pack.aggregator(tokens, starts, compression.max_len)
         lengths = np.diff(np.append(starts, len(tokens)))
-        with _stopwatch(timings, self.sink.timing):
+        with _stopwatch(timings, self.sink.timing, self.clock):
             handle = self.sink.submit(starts, lengths, vectors)
             text = self.sink.result(handle, self.result_timeout_s)
         done = time.monotonic()

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inspect",
     "serve",
     "build",
+    "bench",
     "listen",
     "devices",
     "demo",

@@ -1,0 +1,98 @@
+"""The device process of a cold-start measurement: ``python -m bench.coldstart``.
+
+Started by ``bench.profile.cold_start`` with the wall-clock time of the spawn (``--t0``).
+It imports edgetok, loads the bundle's device models (tokenizer, entropy LM, aggregator:
+no decoder, that runs on the server) and the VAD, loads the segmenter's Numba kernels,
+tokenizes the first second of the audio (the *first token*), then streams the whole
+audio through the device pipeline (VAD -> frontend -> tokenizer -> entropy LM ->
+segmenter -> aggregator -> wire frames, written to /dev/null) and prints one JSON line:
+wall seconds from the spawn to each mark, the CPU seconds the process had used at each
+(what the marks cost an idle core on a machine busy with other work), and the process's
+peak resident memory.
+"""
+
+from __future__ import annotations
+
+import time
+
+_MARKS: dict[str, float] = {}
+_CPU_MARKS: dict[str, float] = {}
+_RSS_MARKS: dict[str, float] = {}
+
+
+def _mark(name: str, t0: float) -> None:
+    """Wall seconds since the spawn, and CPU seconds this process has used so far."""
+    _MARKS[name] = time.time() - t0
+    _CPU_MARKS[name] = time.process_time()
+    _RSS_MARKS[name] = peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: ``VmHWM`` of /proc/self/status (reset
+    by exec), else ``ru_maxrss`` (which on Linux keeps the forking parent's peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--audio", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--t0", type=float, required=True, help="time.time() of the spawn")
+    args = parser.parse_args()
+    t0 = args.t0
+    _mark("python_started", t0)
+
+    import json
+    import os
+
+    from bench.profile import device_transcriber
+    from edgetok.audio import FileSource, load_audio
+    from edgetok.bundle import load_bundle
+    from edgetok.pipeline import Pipeline
+    from edgetok.runtime import SessionOptions
+    from edgetok.sinks import JsonlSink
+    from edgetok.vad import SileroModel
+
+    _mark("imported", t0)
+    options = SessionOptions(threads=args.threads)
+    bundle = load_bundle(args.bundle)
+    transcriber = device_transcriber(bundle, options)  # includes the Numba warm-up
+    vad = SileroModel(options=options)
+    _mark("loaded", t0)
+    audio = load_audio(args.audio, transcriber.sample_rate)
+    tokens = transcriber.tokenizer(audio[: transcriber.sample_rate])
+    _mark("first_token", t0)
+    sink = JsonlSink(os.devnull)
+    pipeline = Pipeline(transcriber, sink, vad_model=vad)
+    utterances = list(pipeline.run(FileSource(args.audio)))
+    sink.close()
+    _mark("streamed", t0)
+    print(
+        json.dumps(
+            {
+                "marks_s": _MARKS,
+                "cpu_marks_s": _CPU_MARKS,
+                "peak_rss_mb_at": _RSS_MARKS,
+                "first_tokens": int(len(tokens)),
+                "utterances": len(utterances),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The comparison suite: ``python -m bench.suite``.
+
+Benchmarks, in one interleaved run on the same audio, the shipped FP32 bundle and every
+target built under ``build/`` (edgetok INT8 vs FP32; ONNX Runtime vs OpenVINO vs LiteRT),
+with pocketsphinx 5.1 beside them, and lists the targets that cannot run here with the
+reason. Prints the tables of ``edgetok bench`` and the ratios measured in this run, and
+keeps the result (JSON with the machine description, the printed text, the plot) in
+``bench/results/<UTC time>-<cpu>.{json,txt,png}``.
+
+Run on a shared machine with ``nice -n 19`` (the clock is then the CPU clock, see
+``bench.profile``)::
+
+    OMP_NUM_THREADS=1 nice -n 19 python -m bench.suite --runs 5 --duration 10
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from bench.profile import find_configs, profile
+from bench.table import format_report
+
+__all__ = ["ALL_TARGETS", "RESULTS_DIR", "comparisons", "format_comparisons", "save"]
+
+#: The targets the suite looks for, the shipped bundle first.
+ALL_TARGETS: Final = ("default", "x86-cpu", "android", "rpi", "jetson")
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+#: Stages whose ratios are shown per backend (the models).
+_MODEL_STAGES: Final = ("tokenizer", "entropy_lm", "aggregator")
+
+
+def _measured(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in report["configs"] if c.get("available") and c.get("rtf")]
+
+
+def comparisons(report: dict[str, Any]) -> dict[str, Any]:
+    """Ratios of p50s from this one run (a ratio > 1: the second is faster).
+
+    - ``int8_vs_fp32``: per backend, FP32 device RTF / INT8 device RTF, and per model
+      stage (FP32 from the same backend's FP32 build, or the shipped bundle for ONNX
+      Runtime).
+    - ``backends``: per precision, each backend's device RTF and model stages against
+      ONNX Runtime at that precision (ONNX Runtime time / other's time).
+    - ``pocketsphinx``: pocketsphinx RTF / device RTF of each configuration.
+    """
+    configs = _measured(report)
+    by = {(c["backend"], c["precision"]): c for c in configs}
+
+    def ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        out = {"device_rtf": a["rtf"]["device"]["p50"] / b["rtf"]["device"]["p50"]}
+        for stage in _MODEL_STAGES:
+            x, y = a["stages"][stage]["ms_per_audio_s"], b["stages"][stage]["ms_per_audio_s"]
+            out[stage] = x / y if y else float("nan")
+        return out
+
+    int8_vs_fp32 = {}
+    for (backend, precision), config in by.items():
+        if precision == "int8" and (backend, "fp32") in by:
+            int8_vs_fp32[backend] = ratio(by[(backend, "fp32")], config)
+    backends: dict[str, dict[str, Any]] = {}
+    for (backend, precision), config in by.items():
+        base = by.get(("onnxruntime", precision))
+        if backend != "onnxruntime" and base is not None:
+            backends.setdefault(precision, {})[f"onnxruntime/{backend}"] = ratio(base, config)
+    return {
+        "int8_vs_fp32": int8_vs_fp32,
+        "backends": backends,
+        "pocketsphinx": report.get("ratios", {}).get("pocketsphinx_over_device", {}),
+    }
+
+
+def format_comparisons(found: dict[str, Any]) -> str:
+    """The ratios as lines (device RTF, then tokenizer / entropy LM / aggregator)."""
+
+    def row(values: dict[str, float]) -> str:
+        parts = [f"device RTF {values['device_rtf']:.2f}x"]
+        parts += [f"{stage} {values[stage]:.2f}x" for stage in _MODEL_STAGES]
+        return ", ".join(parts)
+
+    lines = ["ratios measured in this run (p50; > 1: the second is faster)"]
+    for backend, values in found["int8_vs_fp32"].items():
+        lines.append(f"  {backend} FP32 / INT8: {row(values)}")
+    for precision, pairs in found["backends"].items():
+        for pair, values in pairs.items():
+            lines.append(f"  {precision} {pair.replace('/', ' / ')}: {row(values)}")
+    for name, value in found["pocketsphinx"].items():
+        lines.append(f"  pocketsphinx / {name}: {value:.1f}x")
+    if len(lines) == 1:
+        lines.append("  (nothing to compare: fewer than two configurations ran)")
+    return "\n".join(lines)
+
+
+def save(report: dict[str, Any], text: str, results: Path, *, plot: bool = True) -> Path:
+    """Write ``<results>/<time>-<cpu>.json`` and ``.txt`` (and ``.png``); the JSON path."""
+    results.mkdir(parents=True, exist_ok=True)
+    cpu = report["machine"]["cpu"]["model"] or "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    stem = results / f"{stamp}-{slug}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    stem.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+    if plot:
+        try:
+            from bench.plot import plot_report
+
+            plot_report(report, stem.with_suffix(".png"))
+        except ImportError:
+            pass
+    return stem.with_suffix(".json")
+
+
+@click.command()
+@click.option(
+    "--targets",
+    default=",".join(ALL_TARGETS),
+    show_default=True,
+    help="Comma-separated targets (default = the shipped bundle).",
+)
+@click.option("--audio", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--duration", type=float, default=10.0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--runs", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto")
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True)
+@click.option(
+    "--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build")
+)
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=RESULTS_DIR,
+    show_default=True,
+    help="Where the result files are kept.",
+)
+@click.option("--save/--no-save", "keep", default=True, show_default=True)
+def main(
+    targets: str,
+    audio: Path | None,
+    duration: float,
+    threads: int,
+    runs: int,
+    warmup: int,
+    clock: str,
+    cold_start: bool,
+    build_dir: Path,
+    results: Path,
+    keep: bool,
+) -> None:
+    """edgetok INT8 vs FP32, ONNX Runtime vs OpenVINO vs LiteRT, and pocketsphinx."""
+    configs = find_configs([t for t in targets.split(",") if t], build_dir=build_dir)
+    report = profile(
+        configs,
+        audio=audio,
+        duration_s=None if audio else duration,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        pocketsphinx=True,
+        cold=cold_start,
+        clock=clock,
+        command=shlex.join(["python", "-m", "bench.suite", *sys.argv[1:]]),
+        progress=lambda message: click.echo(message, err=True),
+    )
+    report["comparisons"] = comparisons(report)
+    text = format_report(report) + "\n\n" + format_comparisons(report["comparisons"])
+    text = f"$ {report['command']}\n{text}"
+    click.echo(text)
+    if keep:
+        click.echo(f"kept: {save(report, text, results)}", err=True)
+
+
+if __name__ == "__main__":
+    main()

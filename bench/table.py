@@ -1,0 +1,201 @@
+"""The terminal tables of a bench report (``edgetok bench``, ``python -m bench.suite``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.machine import summary as machine_summary
+from bench.profile import STAGES
+
+__all__ = ["format_report"]
+
+_STAGE_LABELS = {
+    "vad": "VAD",
+    "frontend": "frontend (log-mel)",
+    "tokenizer": "tokenizer",
+    "entropy_lm": "entropy LM",
+    "segmenter": "segmenter",
+    "aggregator": "aggregator",
+    "serialize": "serialization",
+    "send": "send (until acked)",
+    "round_trip": "round trip",
+    "server_decode": "(server decode)",
+}
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Stage latencies, the summary per configuration (with pocketsphinx), compute vs
+    peak, and the configurations that could not run here."""
+    configs = [c for c in report["configs"] if c.get("available") and c.get("stages")]
+    missing = [c for c in report["configs"] if not (c.get("available") and c.get("stages"))]
+    settings, audio = report["settings"], report["audio"]
+    lines = [
+        f"machine: {machine_summary(report['machine'])}",
+        f"audio: {audio['source']} ({audio['duration_s']:.1f} s), {settings['threads']} thread(s), "
+        f"{settings['warmup']} warm-up + {settings['runs']} runs each, interleaved",
+        f"clock: {settings['clock']} ({settings['clock_reason']})",
+        "",
+    ]
+    if configs:
+        lines.append("per-utterance stage latency, ms p50 / p90 / p99  [ms per second of audio]")
+        header = ["stage", *[c["name"] for c in configs]]
+        rows = []
+        for stage in (*STAGES, "server_decode"):
+            row = [_STAGE_LABELS[stage]]
+            for c in configs:
+                s = c["stages"][stage]
+                ms = s["ms"]
+                row.append(
+                    f"{_ms(ms['p50'])} / {_ms(ms['p90'])} / {_ms(ms['p99'])}  "
+                    f"[{_ms(s['ms_per_audio_s'])}]"
+                )
+            rows.append(row)
+        lines += _grid(header, rows)
+        lines.append("")
+        lines.append("summary (p50 over runs)")
+        header = [
+            "config",
+            "device RTF",
+            "e2e RTF",
+            "vs sphinx",
+            "first result",
+            "EOS->final",
+            "cold start",
+            "cold, no cache",
+            "peak RSS",
+            "models",
+            "tokens/s",
+            "segments/s",
+            "bytes/s",
+        ]
+        rows = []
+        speedups = report.get("ratios", {}).get("pocketsphinx_over_device", {})
+        for c in configs:
+            cold = c.get("cold_start") or {}
+            warm, empty = cold.get("warm_cache") or {}, cold.get("empty_cache") or {}
+            budget = c.get("budget") or {}
+            rtf = c["rtf"]["device"]["p50"]
+            mark = ""
+            if budget.get("real_time_factor") is not None:
+                mark = " ok" if rtf <= budget["real_time_factor"] else " OVER"
+            rows.append(
+                [
+                    c["name"],
+                    f"{rtf:.4f}{mark}",
+                    f"{c['rtf']['end_to_end']['p50']:.4f}",
+                    f"{speedups[c['name']]:.1f}x" if c["name"] in speedups else "-",
+                    f"{_ms(c['latency_ms']['first_result']['p50'])} ms",
+                    f"{_ms(c['latency_ms']['eos_to_final']['p50'])} ms",
+                    f"{_num(warm.get('first_token_s'), 2)} s",
+                    f"{_num(empty.get('first_token_s'), 2)} s",
+                    f"{_num((c.get('peak_rss_mb') or {}).get('device'), 0)} MB",
+                    f"{c['model_bytes']['device_total'] / 1e6:.1f} MB",
+                    _num(c["rates"]["tokens_per_s"]),
+                    _num(c["rates"]["segments_per_s"]),
+                    _num(c["rates"]["bytes_per_s"]["segments"], 0),
+                ]
+            )
+        sphinx = report.get("baselines", {}).get("pocketsphinx")
+        if sphinx:
+            rows.append(
+                [
+                    sphinx["name"],
+                    f"{sphinx['rtf']['p50']:.4f}",
+                    f"{sphinx['rtf']['p50']:.4f}",
+                    "1.0x",
+                ]
+                + ["-"] * 9
+            )
+        lines += _grid(header, rows)
+        lines.append(
+            "device RTF: VAD over the whole stream + frontend .. serialization per utterance, "
+            "/ audio time (budget of the target profile: ok / OVER); e2e RTF: wall time of "
+            "the run with round trips and the server's decoding; vs sphinx: pocketsphinx "
+            "RTF / device RTF; cold start: process spawn -> first token (Numba cache warm / "
+            "empty); models: device models + codebook on disk; bytes/s: wire frames per "
+            "second of speech"
+        )
+        lines += _flops_lines(configs)
+    ratios = report.get("ratios", {}).get("fp32_over_int8", {})
+    if ratios:
+        lines.append("")
+        lines.append(
+            "FP32 / INT8 device RTF: "
+            + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items())
+        )
+    if missing:
+        lines.append("")
+        lines.append("not benchmarked here:")
+        for c in missing:
+            lines.append(f"  {c['name']}: unavailable: {c['reason']}")
+    return "\n".join(lines)
+
+
+def _flops_lines(configs: list[dict[str, Any]]) -> list[str]:
+    with_flops = [c for c in configs if (c.get("flops") or {}).get("available")]
+    if not with_flops:
+        reasons = {(c.get("flops") or {}).get("reason") for c in configs} - {None}
+        return ["", f"compute: not counted ({'; '.join(sorted(reasons))})"] if reasons else []
+    lines = [
+        "",
+        "compute: GFLOP per second of speech (MACs x 2 of the ONNX graphs), achieved GFLOP/s "
+        "and its fraction of ONNX Runtime's GEMM here | of the estimated peak",
+    ]
+    first = with_flops[0]["flops"]
+    header = ["model", "GFLOP/s speech", *[c["name"] for c in with_flops]]
+    rows = []
+    for role in first["models"]:
+        row = [role, _num(first["models"][role].get("gflop_per_speech_s"), 3)]
+        for c in with_flops:
+            m = c["flops"]["models"][role]
+            achieved = m.get("achieved_gflops")
+            row.append(
+                f"{achieved:.1f} ({_pct(m.get('fraction_of_gemm'))} | "
+                f"{_pct(m.get('fraction_of_peak'))} {c['flops']['kind']})"
+                if achieved is not None
+                else "-"
+            )
+        rows.append(row)
+    lines += _grid(header, rows)
+    gemm = {c["flops"]["kind"]: c["flops"]["gemm_gflops"] for c in with_flops}
+    peak = {c["flops"]["kind"]: c["flops"]["peak_gflops"] for c in with_flops}
+    lines.append(
+        "GEMM here: "
+        + ", ".join(f"{k} {_num(v, 0)} G/s" for k, v in gemm.items())
+        + "; estimated peak: "
+        + ", ".join(f"{k} {_num(v, 0)} G/s" for k, v in peak.items())
+    )
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
