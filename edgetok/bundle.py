@@ -10,7 +10,7 @@ and an unknown key is an error that names it and its table::
     [tokens]            rate_hz, vocab_size (K), codebook_file, codebook_sha256
     [segmenter]         global_threshold (optional), relative_threshold (optional),
                         min_len, max_len (tokens), target_hz
-    [models.<role>]     one per role in MODEL_ROLES (at least one) or OPTIONAL_ROLES:
+    [models.<role>]     one per role in MODEL_ROLES (at least one):
                         file, backend, precision, sha256, inputs, outputs; inputs and
                         outputs are lists of {name, dtype, shape}, a dynamic dimension a
                         name ("T") or "?"
@@ -47,7 +47,6 @@ else:  # Python 3.10 (e.g. JetPack 6): the same parser, from PyPI
 __all__ = [
     "MANIFEST_NAME",
     "MODEL_ROLES",
-    "OPTIONAL_ROLES",
     "SCHEMA_VERSION",
     "AudioSection",
     "Bundle",
@@ -65,12 +64,13 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 MANIFEST_NAME: Final = "bundle.toml"
-#: The models a bundle can hold, in pipeline order; ``[models.<role>]`` tables.
+#: The models a bundle can hold, in pipeline order; ``[models.<role>]`` tables. The
+#: ``decoder`` is one graph with a key/value cache (inputs ``prefix``, ``text``,
+#: ``past_keys``, ``past_values``; outputs ``logits``, ``keys``, ``values``): prefill and
+#: per-character steps share its weights. A decoder without the cache inputs (``prefix``,
+#: ``text`` -> ``logits``; older bundles, fixed-window builds) still loads and decodes by
+#: rerunning the whole sequence per character.
 MODEL_ROLES: Final = ("tokenizer", "entropy_lm", "aggregator", "decoder")
-#: Roles a bundle may add: ``decoder_step``, the decoder with a key/value cache (the same
-#: text as ``decoder``, one run per character instead of one per prefix).
-OPTIONAL_ROLES: Final = ("decoder_step",)
-_ROLES: Final = MODEL_ROLES + OPTIONAL_ROLES
 
 _REQUIRED_TABLES: Final = ("bundle", "audio", "frontend", "tokens", "segmenter", "models")
 _FREE_FORM_TABLES: Final = ("training", "eval")
@@ -382,7 +382,7 @@ class Bundle:
         for section in _REQUIRED_TABLES:
             if section not in data:
                 raise BundleError(f"[{section}]: missing table")
-        models = _table(data["models"], "[models]", _ROLES)
+        models = _table(data["models"], "[models]", MODEL_ROLES)
         if not any(role in models for role in MODEL_ROLES):
             raise BundleError(f"[models]: no model; roles: {', '.join(MODEL_ROLES)}")
         bundle = cls(
@@ -393,7 +393,7 @@ class Bundle:
             segmenter=SegmenterSection.from_dict(data["segmenter"]),
             models={
                 role: ModelEntry.from_dict(models[role], section=f"models.{role}")
-                for role in _ROLES
+                for role in MODEL_ROLES
                 if role in models
             },
             training=_free_form(data.get("training", {}), "training"),
@@ -468,8 +468,8 @@ class Bundle:
         return self.root
 
     def _entry(self, role: str) -> ModelEntry:
-        if role not in _ROLES:
-            raise ValueError(f"unknown model role {role!r}; roles: {', '.join(_ROLES)}")
+        if role not in MODEL_ROLES:
+            raise ValueError(f"unknown model role {role!r}; roles: {', '.join(MODEL_ROLES)}")
         if role not in self.models:
             raise BundleError(f"bundle {self.meta.name!r} has no [models.{role}]")
         return self.models[role]

@@ -117,33 +117,51 @@ class DecoderStage:
     """Segment vectors float32 [S, D] -> text, by greedy character decoding.
 
     Starts from BOS and appends the argmax of the last position until EOS or
-    ``max_chars`` characters (default ``min(3 S + 20, MAX_CHARS)``). With a ``step``
-    session (a bundle's ``decoder_step``: the decoder with a key/value cache) each
-    character costs one position instead of a rerun over the whole prefix and text.
+    ``max_chars`` characters (default ``min(3 S + 20, MAX_CHARS)``). A decoder with a
+    key/value cache (inputs ``past_keys``/``past_values``, outputs ``keys``/``values``:
+    what ``edgetok train bundle`` exports) runs the prefix and BOS once on an empty cache,
+    then one character a run; a decoder without one (``prefix``, ``text`` -> ``logits``:
+    older bundles, fixed-window LiteRT models) reruns the whole prefix and text for every
+    character. ``use_cache=False`` makes a cached decoder rerun everything too (the same
+    text; for comparisons).
     """
 
-    def __init__(self, session: Session, step: Session | None = None) -> None:
-        for model in (session, step) if step is not None else (session,):
-            vocab = _fixed_last_dim(model, "logits")
-            if vocab != len(VOCAB):
-                raise ValueError(
-                    f"the decoder writes {vocab} symbols, the character vocabulary has {len(VOCAB)}"
-                )
+    def __init__(self, session: Session, use_cache: bool = True) -> None:
+        vocab = _fixed_last_dim(session, "logits")
+        if vocab != len(VOCAB):
+            raise ValueError(
+                f"the decoder writes {vocab} symbols, the character vocabulary has {len(VOCAB)}"
+            )
         self.session = session
-        self.step = step
-        if step is not None:
-            spec = next(s for s in step.inputs if s.name == "past_keys")
-            layers, _, heads, _, head_dim = spec.shape
+        self._empty: np.ndarray | None = None
+        past = next((spec for spec in session.inputs if spec.name == "past_keys"), None)
+        if past is not None:
+            layers, _, heads, _, head_dim = past.shape
+            if not all(isinstance(n, int) for n in (layers, heads, head_dim)):
+                raise ValueError(f"decoder input past_keys {past.shape}: no fixed layers/heads")
             self._empty = np.zeros((layers, 1, heads, 0, head_dim), np.float32)
+        self.use_cache = use_cache and self.cached
+
+    @property
+    def cached(self) -> bool:
+        """Whether the model takes a key/value cache."""
+        return self._empty is not None
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> DecoderStage:
-        """The bundle's decoder, with its ``decoder_step`` when it has one."""
-        step = "decoder_step" in bundle.models
-        return cls(
-            bundle.open("decoder", options=options),
-            bundle.open("decoder_step", options=options) if step else None,
-        )
+        return cls(bundle.open("decoder", options=options))
+
+    def feeds(self, prefix: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's inputs for prefix [1, S, D] and text [1, U] from the start (an empty
+        cache when it takes one)."""
+        feeds = {"prefix": prefix, "text": text}
+        if self._empty is not None:
+            feeds["past_keys"] = feeds["past_values"] = self._empty
+        return feeds
+
+    def logits(self, prefix: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """Teacher-forced logits float32 [1, U, V] of text [1, U] after prefix [1, S, D]."""
+        return self.session.run(self.feeds(prefix, text))["logits"]
 
     def __call__(self, vectors: np.ndarray, max_chars: int | None = None) -> str:
         if vectors.shape[0] == 0:
@@ -152,7 +170,7 @@ class DecoderStage:
             max_chars = min(3 * vectors.shape[0] + 20, MAX_CHARS)
         prefix = np.ascontiguousarray(vectors[None], dtype=np.float32)
         ids = [BOS]
-        next_logits = self._full(prefix, ids) if self.step is None else self._cached(prefix, ids)
+        next_logits = self._cached(prefix, ids) if self.use_cache else self._full(prefix, ids)
         for _ in range(max_chars):
             next_id = int(np.argmax(next(next_logits)))
             if next_id == EOS:
@@ -163,19 +181,21 @@ class DecoderStage:
     def _full(self, prefix: np.ndarray, ids: list[int]) -> Iterator[np.ndarray]:
         """Logits of the next character after ``ids`` (as it grows), rerunning everything."""
         while True:
-            text = np.array([ids], dtype=np.int64)
-            yield self.session.run({"prefix": prefix, "text": text})["logits"][0, -1]
+            yield self.logits(prefix, np.array([ids], dtype=np.int64))[0, -1]
 
     def _cached(self, prefix: np.ndarray, ids: list[int]) -> Iterator[np.ndarray]:
-        """The same logits through ``step``: prefix and BOS first, then one id a run."""
-        assert self.step is not None
-        feeds = {"prefix": prefix, "past_keys": self._empty, "past_values": self._empty}
+        """The same logits with the cache: prefix and BOS first, then one id a run."""
+        feeds = self.feeds(prefix, np.array([ids], dtype=np.int64))
         no_prefix = np.zeros((1, 0, prefix.shape[2]), np.float32)
         while True:
-            feeds["text"] = np.array([ids[-1:]], dtype=np.int64)
-            out = self.step.run(feeds)
+            out = self.session.run(feeds)
             yield out["logits"][0, -1]
-            feeds = {"prefix": no_prefix, "past_keys": out["keys"], "past_values": out["values"]}
+            feeds = {
+                "prefix": no_prefix,
+                "text": np.array([ids[-1:]], dtype=np.int64),
+                "past_keys": out["keys"],
+                "past_values": out["values"],
+            }
 
 
 def _timed(timings: dict[str, float], stage: str, fn: Callable[..., _T], *args: Any) -> _T:
@@ -215,10 +235,9 @@ class DecoderPack:
 
     @classmethod
     def from_dir(cls, directory: str | Path, options: SessionOptions | None = None) -> DecoderPack:
-        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``,
-        and ``decoder_step.onnx`` when the export wrote one."""
+        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``."""
         directory = Path(directory)
-        rule, step = directory / COMPRESSION_FILE, directory / "decoder_step.onnx"
+        rule = directory / COMPRESSION_FILE
         if not rule.is_file():
             raise FileNotFoundError(f"{directory} is not a decoder pack: {rule} not found")
         try:
@@ -228,10 +247,7 @@ class DecoderPack:
         return cls(
             compression,
             AggregatorStage(open_session(directory / "aggregator.onnx", options=options)),
-            DecoderStage(
-                open_session(directory / "decoder.onnx", options=options),
-                open_session(step, options=options) if step.is_file() else None,
-            ),
+            DecoderStage(open_session(directory / "decoder.onnx", options=options)),
         )
 
     def run(

@@ -19,7 +19,7 @@ from torch import nn
 from edgetok.train.models import (
     Aggregator,
     Decoder,
-    DecoderStepExport,
+    DecoderExport,
     EntropyLM,
     EntropyLMExport,
     TokenizerEncoder,
@@ -27,6 +27,9 @@ from edgetok.train.models import (
 )
 
 OPSET = 18
+#: I/O names of the bundle's decoder graph (``export_decoder``).
+DECODER_INPUTS = ("prefix", "text", "past_keys", "past_values")
+DECODER_OUTPUTS = ("logits", "keys", "values")
 Inputs = tuple[torch.Tensor, ...]
 
 
@@ -156,7 +159,71 @@ def export_aggregator(agg: Aggregator, path: str | Path) -> float:
 
 
 def export_decoder(dec: Decoder, path: str | Path) -> float:
-    """``prefix`` [B, S, 256], ``text`` [B, U] -> ``logits`` [B, U, V]; returns ORT max abs diff."""
+    """The bundle's decoder: one graph with a key/value cache (``DecoderExport``).
+
+    ``prefix`` [B, S, 256], ``text`` [B, U], ``past_keys``/``past_values``
+    [layers, B, heads, P, head_dim] -> ``logits`` [B, U, V], ``keys``/``values``
+    [layers, B, heads, P + S + U, head_dim]; S, U and P are dynamic and S and P may be 0.
+    Greedy decoding runs it once on the segment vectors and BOS with an empty cache, then
+    once per character (S = 0, U = 1); P = 0 with the whole text is the full decoder.
+    Checked in onnxruntime where decoding runs it (prefill, steps, longer caches, batch 3)
+    and, at P = 0, against the full-sequence ``Decoder.forward``; returns the largest
+    absolute difference from torch.
+    """
+    cfg = dec.cfg
+    head_dim = cfg.dim // cfg.heads
+    module = DecoderExport.of(dec)
+
+    def make(gen: torch.Generator, b: int, s: int, u: int, p: int) -> Inputs:
+        prefix = torch.randn(b, s, cfg.prefix_dim, generator=gen)
+        text = torch.randint(0, cfg.vocab_size, (b, u), generator=gen)
+        past = [torch.randn(cfg.layers, b, cfg.heads, p, head_dim, generator=gen) for _ in "kv"]
+        return prefix, text, *past
+
+    past_axes = {1: "B", 3: "P"}
+    diff = _export_and_check(
+        module,
+        make,
+        path,
+        DECODER_INPUTS,
+        DECODER_OUTPUTS,
+        {
+            "prefix": {0: "B", 1: "S"},
+            "text": {0: "B", 1: "U"},
+            "past_keys": past_axes,
+            "past_values": past_axes,
+        },
+        example=(2, 12, 3, 5),
+        checks=[(1, 7, 1, 0), (1, 0, 1, 9), (1, 0, 1, 150), (3, 4, 5, 6), (1, 40, 23, 0)],
+    )
+    return max(diff, _full_sequence_diff(dec, path))
+
+
+def _full_sequence_diff(dec: Decoder, path: str | Path) -> float:
+    """Largest |onnxruntime (P = 0) - ``Decoder.forward``| of the logits, a few lengths."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    cfg = dec.cfg
+    empty = np.zeros((cfg.layers, 1, cfg.heads, 0, cfg.dim // cfg.heads), np.float32)
+    dec.eval()
+    worst = 0.0
+    for s, u in ((1, 1), (9, 4), (60, 120)):
+        prefix = torch.randn(1, s, cfg.prefix_dim, generator=gen)
+        text = torch.randint(0, cfg.vocab_size, (1, u), generator=gen)
+        with torch.no_grad():
+            want = dec(prefix, text).numpy()
+        feeds = {"prefix": prefix.numpy(), "text": text.numpy()}
+        got = session.run(["logits"], {**feeds, "past_keys": empty, "past_values": empty})[0]
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
+def export_decoder_full(dec: Decoder, path: str | Path) -> float:
+    """The decoder without a cache, as bundles before the cached graph shipped it:
+    ``prefix`` [B, S, 256], ``text`` [B, U] -> ``logits`` [B, U, V] (one rerun of the
+    whole sequence per character); returns the ORT max abs diff."""
 
     def make(gen: torch.Generator, b: int, s: int, u: int) -> Inputs:
         prefix = torch.randn(b, s, dec.cfg.prefix_dim, generator=gen)
@@ -171,36 +238,4 @@ def export_decoder(dec: Decoder, path: str | Path) -> float:
         {"prefix": {0: "B", 1: "S"}, "text": {0: "B", 1: "U"}},
         example=(2, 12, 9),
         checks=[(1, 5, 1), (3, 40, 23)],
-    )
-
-
-def export_decoder_step(dec: Decoder, path: str | Path) -> float:
-    """The incremental decoder (``Decoder.step``): ``prefix`` [B, S, 256], ``text`` [B, U],
-    ``past_keys``/``past_values`` [layers, B, heads, P, head_dim] -> ``logits`` [B, U, V],
-    ``keys``/``values`` [layers, B, heads, P + S + U, head_dim]. Checked where greedy
-    decoding runs it: prefix and BOS on an empty cache (P = 0), one character (S = 0)."""
-    cfg = dec.cfg
-    head_dim = cfg.dim // cfg.heads
-
-    def make(gen: torch.Generator, b: int, s: int, u: int, p: int) -> Inputs:
-        prefix = torch.randn(b, s, cfg.prefix_dim, generator=gen)
-        text = torch.randint(0, cfg.vocab_size, (b, u), generator=gen)
-        past = [torch.randn(cfg.layers, b, cfg.heads, p, head_dim, generator=gen) for _ in "kv"]
-        return prefix, text, *past
-
-    past_axes = {1: "B", 3: "P"}
-    return _export_and_check(
-        DecoderStepExport(dec),
-        make,
-        path,
-        ["prefix", "text", "past_keys", "past_values"],
-        ["logits", "keys", "values"],
-        {
-            "prefix": {0: "B", 1: "S"},
-            "text": {0: "B", 1: "U"},
-            "past_keys": past_axes,
-            "past_values": past_axes,
-        },
-        example=(2, 12, 3, 5),
-        checks=[(1, 7, 1, 0), (1, 0, 1, 9), (3, 4, 5, 6)],
     )

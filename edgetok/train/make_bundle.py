@@ -1,5 +1,5 @@
-"""Assemble a model bundle from trained runs: FP32 ONNX of the four models (and the
-decoder's key/value-cache twin ``decoder_step``), the codebook, ``bundle.toml`` with
+"""Assemble a model bundle from trained runs: FP32 ONNX of the four models (the decoder as
+one graph with a key/value cache, ``export_decoder``), the codebook, ``bundle.toml`` with
 training facts and eval numbers, and a sample WAV."""
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from edgetok.runtime import open_session
 from edgetok.train.export import (
     export_aggregator,
     export_decoder,
-    export_decoder_step,
     export_entropy_lm,
     export_tokenizer,
 )
@@ -43,7 +42,6 @@ MODEL_FILES = {
     "entropy_lm": "entropy_lm.onnx",
     "aggregator": "aggregator.onnx",
     "decoder": "decoder.onnx",
-    "decoder_step": "decoder_step.onnx",
 }
 
 
@@ -72,13 +70,8 @@ def make_bundle(
     name: str = "edgetok-default",
     sample_wav: Path | None = None,
     eval_results: dict[str, Any] | None = None,
-    with_decoder_step: bool = False,
 ) -> Bundle:
-    """Export the runs into ``out_dir`` (replaced) and return the loaded bundle.
-
-    ``decoder_step`` (the KV-cache decoder) doubles the decoder's weights on disk, which
-    takes the FP32 default bundle over its 40 MB budget, so it is opt-in.
-    """
+    """Export the runs into ``out_dir`` (replaced) and return the loaded bundle."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -93,10 +86,6 @@ def make_bundle(
         "aggregator": export_aggregator(model.aggregator, out_dir / MODEL_FILES["aggregator"]),
         "decoder": export_decoder(model.decoder, out_dir / MODEL_FILES["decoder"]),
     }
-    if with_decoder_step:
-        diffs["decoder_step"] = export_decoder_step(
-            model.decoder, out_dir / MODEL_FILES["decoder_step"]
-        )
     codebook = np.load(tokenizer_run / CODEBOOK_FILE).astype(np.float32)
     np.save(out_dir / CODEBOOK_FILE, codebook)
     if sample_wav is not None:
@@ -104,8 +93,6 @@ def make_bundle(
 
     models = {}
     for role, file in MODEL_FILES.items():
-        if role not in diffs:
-            continue
         session = open_session(out_dir / file)
         models[role] = ModelEntry(
             file=file,
@@ -181,7 +168,7 @@ def write_sample_wav(corpus_dir: Path, voice: str, out: Path) -> Path:
 
 
 def export_decoder_pack(decoder_run: Path, out_dir: Path) -> Path:
-    """Aggregator + decoder (and decoder_step) ONNX and ``compression.json`` of one run.
+    """Aggregator + decoder (with its key/value cache) ONNX and ``compression.json`` of one run.
 
     The default bundle ships only the entropy decoder; ``edgetok eval`` compares it with
     the dense and fixed-rate baselines exported here (``--baseline MODE=DIR``).
@@ -192,6 +179,6 @@ def export_decoder_pack(decoder_run: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     export_aggregator(model.aggregator, out_dir / MODEL_FILES["aggregator"])
     export_decoder(model.decoder, out_dir / MODEL_FILES["decoder"])
-    export_decoder_step(model.decoder, out_dir / MODEL_FILES["decoder_step"])
+    (out_dir / "decoder_step.onnx").unlink(missing_ok=True)  # an older export's twin
     (out_dir / COMPRESSION_FILE).write_text(json.dumps(compression.to_dict(), indent=2))
     return out_dir

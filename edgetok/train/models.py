@@ -560,21 +560,39 @@ def greedy_decode(
     return out
 
 
-class DecoderStepExport(nn.Module):
-    """``Decoder.step`` as a module, for the ``decoder_step`` ONNX export."""
+class DecoderExport(Decoder):
+    """The bundle's ``decoder`` graph: ``Decoder.step`` as ``forward``, one copy of the weights.
 
-    def __init__(self, decoder: Decoder) -> None:
-        super().__init__()
-        self.decoder = decoder
+    One ONNX model does both greedy-decoding phases: prefill (the segment vectors and BOS
+    on an empty cache, P = 0) and incremental steps (one character on the cache, S = 0).
+    With P = 0 and the whole text it is the full decoder (teacher forcing: parity,
+    calibration). Same parameter names as ``Decoder``, so ``from_onnx`` rebuilds it.
+    """
 
-    def forward(
+    @classmethod
+    def of(cls, decoder: Decoder) -> DecoderExport:
+        """An eval-mode copy of ``decoder`` whose ``forward`` is ``step``."""
+        export = cls(decoder.cfg)
+        export.load_state_dict(decoder.state_dict())
+        return export.eval()
+
+    def forward(  # type: ignore[override]
         self,
         prefix: torch.Tensor,
         text: torch.Tensor,
         past_keys: torch.Tensor,
         past_values: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.decoder.step(prefix, text, past_keys, past_values)
+        return self.step(prefix, text, past_keys, past_values)
+
+    def full(
+        self,
+        prefix: torch.Tensor,
+        text: torch.Tensor,
+        prefix_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``Decoder.forward``: the whole sequence without a cache (fixed windows)."""
+        return Decoder.forward(self, prefix, text, prefix_lengths)
 
 
 def parameter_counts() -> dict[str, int]:
