@@ -3,7 +3,8 @@
 Per utterance: the log-mel of the whole utterance for the tokenizer, its FP32 tokens for
 the entropy LM, the segments (padded to ``max_len`` with their mask) that the FP32
 entropy cuts give for the aggregator, and the FP32 segment vectors as the prefix with
-BOS + the FP32 greedy transcript as the text for the decoder: what each model is fed at
+BOS + the FP32 greedy transcript as the text for the decoder (and an empty key/value
+cache when the decoder takes one: the full sequence in one run): what each model is fed at
 run time. A set is cached as one ``.npz`` keyed by the bundle's hashes, the chosen
 files and the format version, so rebuilding a target reuses it.
 """
@@ -110,7 +111,8 @@ def _compute(bundle: Bundle, utterances: Sequence[Utterance]) -> CalibrationSet:
         feeds["tokenizer"].append({"mel": mel[None]})
         feeds["entropy_lm"].append({"tokens": tokens[None]})
         feeds["aggregator"].append({"tokens": padded, "mask": mask})
-        feeds["decoder"].append({"prefix": vectors[None], "text": np.array([text], np.int64)})
+        # The decoder's own inputs: with its empty key/value cache when it takes one.
+        feeds["decoder"].append(pack.decoder.feeds(vectors[None], np.array([text], np.int64)))
     return CalibrationSet(feeds, tuple(str(u.path) for u in utterances))
 
 

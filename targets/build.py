@@ -104,6 +104,8 @@ def _manifest(source: Bundle, target: str, artifacts: dict, backend: str, out_di
             backend=backend,
             precision=artifact.precision,
             sha256=sha256_file(out_dir / artifact.file),
+            inputs=artifact.inputs or source.models[role].inputs,
+            outputs=artifact.outputs or source.models[role].outputs,
         )
         for role, artifact in artifacts.items()
     }

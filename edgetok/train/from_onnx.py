@@ -28,6 +28,7 @@ from edgetok.train.models import (
     AggregatorConfig,
     Decoder,
     DecoderConfig,
+    DecoderExport,
     EntropyLM,
     EntropyLMConfig,
     EntropyLMExport,
@@ -189,8 +190,14 @@ def example_inputs(
         tokens = rng.integers(0, module.cfg.vocab_size, (5, width))
         mask = np.arange(width)[None] < rng.integers(1, width + 1, (5, 1))
         return {"tokens": tokens, "mask": mask}
-    prefix = rng.normal(0, 1, (1, 3, module.cfg.prefix_dim)).astype("f4")
-    return {"prefix": prefix, "text": rng.integers(0, module.cfg.vocab_size, (1, 5))}
+    cfg = module.cfg
+    prefix = rng.normal(0, 1, (1, 3, cfg.prefix_dim)).astype("f4")
+    feeds = {"prefix": prefix, "text": rng.integers(0, cfg.vocab_size, (1, 5))}
+    if isinstance(module, DecoderExport):  # the key/value-cache graph: two past positions
+        shape = (cfg.layers, 1, cfg.heads, 2, cfg.dim // cfg.heads)
+        feeds["past_keys"] = rng.normal(0, 1, shape).astype("f4")
+        feeds["past_values"] = rng.normal(0, 1, shape).astype("f4")
+    return feeds
 
 
 def _max_error(module: nn.Module, session: object, feeds: dict[str, np.ndarray]) -> float:
@@ -206,7 +213,8 @@ def _max_error(module: nn.Module, session: object, feeds: dict[str, np.ndarray])
 
 
 def rebuild(path: str | Path, role: str) -> nn.Module:
-    """The eval-mode torch module of the FP32 ONNX model ``path`` (export I/O order).
+    """The eval-mode torch module of the FP32 ONNX model ``path`` (export I/O order): for
+    a decoder with a key/value cache a ``DecoderExport``.
 
     Raises ValueError when no configuration reproduces the ONNX outputs.
     """
@@ -217,6 +225,7 @@ def rebuild(path: str | Path, role: str) -> nn.Module:
     model = onnx.load(str(path))
     state = state_dict(model)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cached = any(i.name == "past_keys" for i in session.get_inputs())
     dim = next((v.shape[-1] for k, v in state.items() if k.endswith("attn.kv.weight")), 0)
     candidates = [0] if role in _ROTARY else [h for h in (4, 8, 2, 1, 16, 3, 6) if dim % h == 0]
     if not dim:
@@ -225,6 +234,8 @@ def rebuild(path: str | Path, role: str) -> nn.Module:
     for heads in candidates:
         try:
             module = _BUILDERS[role](state, heads).eval()
+            if cached and isinstance(module, Decoder):
+                module = DecoderExport.of(module)
         except KeyError as exc:
             raise ValueError(f"{path}: not a {role} model (no parameter {exc})") from None
         _load(module, state, path)

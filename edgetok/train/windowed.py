@@ -37,7 +37,11 @@ class WindowedTokenizer(nn.Module):
 
 
 class WindowedDecoder(nn.Module):
-    """``prefix`` [1, S, P], ``text`` [1, U], ``S_valid`` [1] -> ``logits`` [1, U, V]."""
+    """``prefix`` [1, S, P], ``text`` [1, U], ``S_valid`` [1] -> ``logits`` [1, U, V].
+
+    The whole sequence without a key/value cache, also for a rebuilt cached decoder
+    (``DecoderExport``): a fixed window cannot grow a cache, so each character reruns it.
+    """
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
@@ -49,7 +53,7 @@ class WindowedDecoder(nn.Module):
         text: torch.Tensor,
         S_valid: torch.Tensor,  # noqa: N803
     ) -> torch.Tensor:
-        return self.decoder(prefix, text, S_valid.to(torch.int64))
+        return Decoder.forward(self.decoder, prefix, text, S_valid.to(torch.int64))
 
 
 def window_module(role: str, module: nn.Module) -> nn.Module:
@@ -65,7 +69,8 @@ def window_inputs(
     role: str, inputs: Mapping[str, np.ndarray], window: Window | None = None
 ) -> dict[str, torch.Tensor]:
     """Keyword tensors of ``inputs`` padded to ``window`` (default: their own lengths),
-    with the ``<AXIS>_valid`` inputs."""
+    with the ``<AXIS>_valid`` inputs. Inputs the window scheme does not name (the
+    decoder's empty ``past_keys``/``past_values``) are left out: windows run uncached."""
     scheme = SCHEMES[role]
     lengths = {
         axis: int(inputs[name].shape[dim])
@@ -73,5 +78,5 @@ def window_inputs(
         for dim, axis in dims.items()
     }
     feeds = pad_inputs(scheme, inputs, window or lengths, lengths)
-    order = [*inputs, *(valid_input(axis) for axis in scheme.valid)]
+    order = [*(n for n in inputs if n in scheme.inputs), *map(valid_input, scheme.valid)]
     return {name: torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in order}

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 
+from edgetok.runtime import TensorSpec
+
 if TYPE_CHECKING:
     from edgetok.bundle import Bundle
 
@@ -38,10 +40,13 @@ class ToolchainError(RuntimeError):
 
 @dataclass(frozen=True)
 class Artifact:
-    """A compiled model: its file name in the output directory and its precision."""
+    """A compiled model: its file name in the output directory and its precision, and
+    its inputs/outputs where they differ from the source model's (else None)."""
 
     file: str
     precision: str
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
 
 
 class Compiler(Protocol):

@@ -59,4 +59,12 @@ class LiteRtCompiler:
             )
         out = out_dir / f"{role}.tflite"
         converter.convert(quant_config=model.quant_config).export(str(out))
-        return Artifact(out.name, "int8" if int8 else "fp32")
+        # Fixed windows run without the decoder's key/value cache (``WindowedDecoder``).
+        entry = bundle.models[role]
+        cache = {"past_keys", "past_values", "keys", "values"} if role == "decoder" else set()
+        return Artifact(
+            out.name,
+            "int8" if int8 else "fp32",
+            inputs=tuple(spec for spec in entry.inputs if spec.name not in cache),
+            outputs=tuple(spec for spec in entry.outputs if spec.name not in cache),
+        )

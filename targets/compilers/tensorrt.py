@@ -81,12 +81,21 @@ class TensorRtCompiler:
         return Artifact(out.name, "int8" if int8 else "fp32")
 
 
+#: The decoder's key/value-cache inputs: [layers, B, heads, P, head_dim], P from 0.
+_CACHE_INPUTS = ("past_keys", "past_values")
+
+
 def _profile(builder: object, network: object, role: str) -> object:
-    """min/opt/max shapes: each windowed axis from 1 to its largest window, batch 1."""
+    """min/opt/max shapes: each windowed axis from 1 to its largest window, batch 1. A
+    decoder with a key/value cache: cache length P from 0 to the largest prefix + text
+    window, prefix length S from 0 (each character's step has no prefix)."""
     from edgetok.windows import SCHEMES
 
     scheme = SCHEMES[role]
     profile = builder.create_optimization_profile()
+    past = sum(max(sizes) for sizes in scheme.sizes.values())
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    cached = any(name in _CACHE_INPUTS for name in names)
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         axes = scheme.inputs.get(tensor.name, {})
@@ -94,9 +103,12 @@ def _profile(builder: object, network: object, role: str) -> object:
         for size in ("min", "opt", "max"):
             shape = []
             for dim, length in enumerate(tensor.shape):
-                if dim in axes:
+                if tensor.name in _CACHE_INPUTS and dim == 3:
+                    shape.append({"min": 0, "opt": 64, "max": past}[size])
+                elif dim in axes:
                     sizes = scheme.sizes[axes[dim]]
-                    shape.append({"min": 1, "opt": sizes[0], "max": sizes[-1]}[size])
+                    low = 0 if cached and axes[dim] == "S" else 1
+                    shape.append({"min": low, "opt": sizes[0], "max": sizes[-1]}[size])
                 else:
                     shape.append(length if length >= 0 else 1)
             shapes.append(shape)
