@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from bench.machine import summary as machine_summary
-from bench.profile import STAGES
+from bench.profile import DEVICE_STAGES, STAGES
 
 __all__ = ["format_report"]
 
@@ -21,6 +22,11 @@ _STAGE_LABELS = {
     "round_trip": "round trip",
     "server_decode": "(server decode)",
 }
+
+
+def _short(name: str) -> str:
+    """A configuration's name with short backend names, for column headers."""
+    return name.replace("onnxruntime", "ort").replace("openvino", "ov")
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -66,20 +72,33 @@ def format_report(report: dict[str, Any]) -> str:
         "",
     ]
     if configs:
-        lines.append("per-utterance stage latency, ms p50 / p90 / p99  [ms per second of audio]")
-        header = ["stage", *[c["name"] for c in configs]]
+        short = [_short(c["name"]) for c in configs]
+        lines.append(
+            "per-utterance stage latency, ms p50/p90/p99 (ort = ONNX Runtime, ov = OpenVINO)"
+        )
         rows = []
         for stage in (*STAGES, "server_decode"):
             row = [_STAGE_LABELS[stage]]
             for c in configs:
-                s = c["stages"][stage]
-                ms = s["ms"]
-                row.append(
-                    f"{_ms(ms['p50'])} / {_ms(ms['p90'])} / {_ms(ms['p99'])}  "
-                    f"[{_ms(s['ms_per_audio_s'])}]"
-                )
+                ms = c["stages"][stage]["ms"]
+                row.append(f"{_ms(ms['p50'])}/{_ms(ms['p90'])}/{_ms(ms['p99'])}")
             rows.append(row)
-        lines += _grid(header, rows)
+        lines += _grid(["stage", *short], rows)
+        lines.append("")
+        lines.append(
+            "ms per second of audio (mean over runs; the device stages add up to RTF x 1000)"
+        )
+        rows = []
+        for stage in (*STAGES, "server_decode"):
+            row = [_STAGE_LABELS[stage]]
+            row += [_ms(c["stages"][stage]["ms_per_audio_s"]) for c in configs]
+            rows.append(row)
+        total = ["device total"]
+        total += [
+            _ms(sum(c["stages"][s]["ms_per_audio_s"] for s in DEVICE_STAGES)) for c in configs
+        ]
+        rows.insert(len(DEVICE_STAGES), total)
+        lines += _grid(["stage", *short], rows)
         lines.append("")
         lines.append("summary (p50 over runs)")
         header = [
@@ -136,14 +155,15 @@ def format_report(report: dict[str, Any]) -> str:
                 + ["-"] * 9
             )
         lines += _grid(header, rows)
-        lines.append(
-            "device RTF: VAD over the whole stream + frontend .. serialization per utterance, "
-            "/ audio time (budget of the target profile: ok / OVER); e2e RTF: wall time of "
-            "the run with round trips and the server's decoding; vs sphinx: pocketsphinx "
-            "RTF / device RTF; cold start: process spawn -> first token (Numba cache warm / "
-            "empty); models: device models + codebook on disk; bytes/s: wire frames per "
-            "second of speech"
+        legend = (
+            "device RTF: VAD over the whole stream + frontend .. serialization of each "
+            "utterance, / audio time (ok / OVER: the target profile's budget); e2e RTF: the "
+            "whole run, round trips and the server's decoding included, / audio time; vs "
+            "sphinx: pocketsphinx RTF / device RTF; cold start: process spawn -> first token "
+            "(Numba cache warm / empty); peak RSS: that device process; models: device models "
+            "+ codebook on disk; bytes/s: wire frames per second of speech."
         )
+        lines += textwrap.wrap(legend, 100)
         lines += _flops_lines(configs)
     ratios = report.get("ratios", {}).get("fp32_over_int8", {})
     if ratios:
@@ -171,7 +191,7 @@ def _flops_lines(configs: list[dict[str, Any]]) -> list[str]:
         "and its fraction of ONNX Runtime's GEMM here | of the estimated peak",
     ]
     first = with_flops[0]["flops"]
-    header = ["model", "GFLOP/s speech", *[c["name"] for c in with_flops]]
+    header = ["model", "GFLOP/s speech", *[_short(c["name"]) for c in with_flops]]
     rows = []
     for role in first["models"]:
         row = [role, _num(first["models"][role].get("gflop_per_speech_s"), 3)]
