@@ -25,7 +25,12 @@ def _loop_options(f):
             click.option("--steps", type=int, default=None, help="Total optimizer steps."),
             click.option("--lr", type=float, default=None, help="Peak learning rate."),
             click.option("--warmup", type=int, default=None, help="Linear warm-up steps."),
-            click.option("--eval-every", type=int, default=None, help="Steps between evals."),
+            click.option(
+                "--eval-every",
+                type=int,
+                default=None,
+                help="Steps between evals (0: none; the last step is evaluated otherwise).",
+            ),
             click.option(
                 "--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this."
             ),

@@ -158,13 +158,15 @@ class TrainingRun:
                     self.log({"lr": self.scheduler.get_last_lr()[0], **metrics})
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
-                if evaluate is not None and self.step % cfg.eval_every == 0:
+                if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._evaluate(evaluate, bar)
         finally:
             bar.close()
             self.save()
         # A run that ends on a step that was not just evaluated gets its final evaluation.
-        if evaluate is not None and self.finished and self.step % cfg.eval_every != 0:
+        if evaluate is None or not cfg.eval_every:
+            return
+        if self.finished and self.step % cfg.eval_every != 0:
             self._evaluate(evaluate, None)
 
     def _evaluate(self, evaluate: Callable[[], dict[str, float]], bar: tqdm | None) -> None:
