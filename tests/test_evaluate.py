@@ -218,3 +218,19 @@ def test_cli_record_writes_the_eval_table(
     assert recorded["entropy"]["per_voice_wer"] == {
         voice: round(v["wer"], 4) for voice, v in entropy["voices"].items()
     }
+
+
+def test_cli_record_keeps_systems_of_an_earlier_run(
+    tiny_bundle: Path, manifest: Path, tmp_path: Path
+) -> None:
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle_dir)
+    pack = make_decoder_pack(tiny_bundle, tmp_path / "dense", {"mode": "dense", "max_len": 1})
+    args = [str(manifest), "--bundle", str(bundle_dir), "--no-pocketsphinx", "--limit", "2"]
+    assert eval_cli(*args, "--baseline", f"dense={pack}", "--record").exit_code == 0
+    assert eval_cli(*args, "--record").exit_code == 0
+    recorded = load_bundle(bundle_dir).eval
+    assert {"entropy", "dense"} <= set(recorded) and len(recorded["commands"]) == 2
+    # Another utterance count starts over.
+    assert eval_cli(*args[:-1], "1", "--record").exit_code == 0
+    assert "dense" not in load_bundle(bundle_dir).eval

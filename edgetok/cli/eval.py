@@ -80,6 +80,18 @@ def eval_table(result: dict[str, Any], manifest: Path, command: str) -> dict[str
     return table
 
 
+def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new``, plus the systems of ``old`` it does not score when both ran on the same
+    manifest and number of utterances (their commands are kept in ``commands``)."""
+    if (old.get("manifest"), old.get("utterances")) != (new["manifest"], new["utterances"]):
+        return new
+    kept = {k: v for k, v in old.items() if isinstance(v, dict) and k not in new}
+    if not kept:
+        return new
+    commands = [*old.get("commands", [old.get("command")]), new["command"]]
+    return {**new, **kept, "commands": [c for c in commands if c]}
+
+
 @click.command("eval")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @bundle_option
@@ -108,7 +120,9 @@ def eval_table(result: dict[str, Any], manifest: Path, command: str) -> dict[str
 @click.option(
     "--record",
     is_flag=True,
-    help="Write the result into the bundle's bundle.toml as its [eval] table.",
+    help="Write the result into the bundle's bundle.toml as its [eval] table; systems "
+    "scored earlier on the same manifest and utterance count are kept (so a baseline can "
+    "be scored in a later run).",
 )
 @threads_option
 def command(
@@ -164,7 +178,7 @@ def command(
 
         bundle = transcriber.bundle
         command = shlex.join(["edgetok", *sys.argv[1:]])
-        table = eval_table(result, manifest, command)
+        table = merge_eval(bundle.eval, eval_table(result, manifest, command))
         written = write_bundle(dataclasses.replace(bundle, eval=table), bundle.root)
         click.echo(f"recorded in {written}", err=True)
     if as_json:
