@@ -222,7 +222,16 @@ def build(
                 progress(f"      {done}/{total} utterances")
 
         options = SessionOptions(threads=profile.threads)
-        report.update(measure(source, built, held, options=options, progress=tick))
+        report.update(
+            measure(
+                source,
+                built,
+                held,
+                options=options,
+                progress=tick,
+                cache_dir=out_dir.parent / ".cache" / "parity",
+            )
+        )
         report["checks"] = checks(report)
     else:
         report["note"] = "no held-out audio: parity not measured (pass --heldout)"

@@ -7,12 +7,19 @@ aggregator's relative vector error (FP32 segments) and the decoder's teacher-for
 next-character agreement (FP32 vectors and transcript). The whole built pipeline is then
 run end to end: token agreement, boundary F1 and the WER/CER change against the FP32
 pipeline, where the audio has reference transcripts.
+
+What the FP32 pipeline makes of an utterance is cached (``cache_dir``, one ``.npz`` per
+utterance keyed by the source bundle's hashes and the audio file), so building several
+targets from one bundle runs the FP32 pipeline over the held-out audio once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -102,6 +109,63 @@ class Counts:
         }
 
 
+#: Bump when what is cached of the FP32 pipeline changes.
+_REFERENCE_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """What the FP32 pipeline made of one utterance, and its decoder's teacher-forced
+    next characters ([1, U]; empty without segments)."""
+
+    tokens: np.ndarray
+    entropy: np.ndarray
+    starts: np.ndarray
+    vectors: np.ndarray
+    text: str
+    duration_s: float
+    next_chars: np.ndarray
+
+    @staticmethod
+    def key(bundle: Bundle, utt: Utterance) -> str:
+        identity = {
+            "version": _REFERENCE_VERSION,
+            "models": {role: entry.sha256 for role, entry in bundle.models.items()},
+            "codebook": bundle.tokens.codebook_sha256,
+            "segmenter": bundle.segmenter.to_dict(),
+            "audio": [str(utt.path.resolve()), utt.path.stat().st_size],
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{id(self)}.tmp.npz")
+        np.savez(temporary, **{**vars(self), "text": np.array(self.text)})
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> _Reference:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        return cls(
+            **{name: arrays[name] for name in ("tokens", "entropy", "starts", "vectors")},
+            text=str(arrays["text"]),
+            duration_s=float(arrays["duration_s"]),
+            next_chars=arrays["next_chars"],
+        )
+
+
+def _teacher_forced(transcriber: Any, vectors: np.ndarray, text: str) -> np.ndarray:
+    """The decoder's argmax next character at every position of BOS + ``text``."""
+    from edgetok.vocab import BOS, encode_text
+
+    if not len(vectors):
+        return np.zeros((1, 0), np.int64)
+    prefix = np.ascontiguousarray(vectors[None], dtype=np.float32)
+    chars = np.array([[BOS, *encode_text(text)]], np.int64)
+    return transcriber.pack.decoder.logits(prefix, chars).argmax(-1)
+
+
 def measure(
     reference: Bundle,
     built: Bundle,
@@ -109,40 +173,55 @@ def measure(
     *,
     options: SessionOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The parity report of ``built`` against ``reference`` on ``utterances``."""
+    """The parity report of ``built`` against ``reference`` on ``utterances``; the FP32
+    pipeline's results are read from (and written to) ``cache_dir`` when given."""
     from edgetok.audio import load_audio
     from edgetok.evaluate import error_counts, normalize
-    from edgetok.stages import Transcriber
-    from edgetok.vocab import BOS, encode_text
+    from edgetok.stages import Encoded, Transcriber
 
-    ref = Transcriber(reference, options=options)
+    ref: Transcriber | None = None
     new = Transcriber(built, options=options)
-    max_len = ref.pack.compression.max_len
+    max_len = new.pack.compression.max_len
+    compression = new.pack.compression
     counts = Counts()
     for i, utt in enumerate(utterances):
         audio = load_audio(utt.path, reference.audio.sample_rate)
-        r = ref(audio)
+        cached = cache_dir / f"ref-{_Reference.key(reference, utt)}.npz" if cache_dir else None
+        if cached is not None and cached.is_file():
+            r = _Reference.load(cached)
+        else:
+            ref = ref or Transcriber(reference, options=options)
+            t = ref(audio)
+            r = _Reference(
+                t.tokens,
+                t.entropy,
+                t.starts,
+                t.vectors,
+                t.text,
+                t.duration_s,
+                _teacher_forced(ref, t.vectors, t.text),
+            )
+            if cached is not None:
+                r.save(cached)
         counts.utterances += 1
         counts.audio_s += r.duration_s
         counts.tokens += len(r.tokens)
-        counts.tokens_same += int(np.sum(new.tokenizer(audio) == r.tokens))
+        tokens = new.tokenizer(audio)
+        counts.tokens_same += int(np.sum(tokens == r.tokens))
         entropy = new.entropy(r.tokens)
         counts.entropy_abs += float(np.abs(entropy - r.entropy).sum())
-        counts.lm_boundaries.add(r.starts, ref.pack.compression.starts(r.tokens, entropy))
+        counts.lm_boundaries.add(r.starts, compression.starts(r.tokens, entropy))
         vectors = new.pack.aggregator(r.tokens, r.starts, max_len)
         counts.vector_sq_error += float(np.sum((vectors - r.vectors) ** 2))
         counts.vector_sq_norm += float(np.sum(r.vectors**2))
         if len(r.starts):
-            feeds = {
-                "prefix": np.ascontiguousarray(r.vectors[None], dtype=np.float32),
-                "text": np.array([[BOS, *encode_text(r.text)]], np.int64),
-            }
-            want = ref.pack.decoder.session.run(feeds)["logits"].argmax(-1)
-            got = new.pack.decoder.session.run(feeds)["logits"].argmax(-1)
-            counts.chars_same += int(np.sum(want == got))
-            counts.chars += want.size
-        e2e = new(audio)
+            got = _teacher_forced(new, r.vectors, r.text)
+            counts.chars_same += int(np.sum(r.next_chars == got))
+            counts.chars += r.next_chars.size
+        # The built pipeline end to end, from the tokens its tokenizer gave above.
+        e2e = new.decode(Encoded(tokens, new.entropy(tokens), r.duration_s, {}))
         counts.e2e_tokens_same += int(np.sum(e2e.tokens == r.tokens))
         counts.e2e_boundaries.add(r.starts, e2e.starts)
         if utt.text is not None:

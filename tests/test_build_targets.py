@@ -171,3 +171,23 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(
     code, output = _build(exported_bundle, speech_corpus, tmp_path, "--target", "rpi", "--fp32")
     assert code == 1 and "is not a built bundle" in output
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_fp32_reference_is_cached(
+    tiny_bundle: Path, speech_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from calibration import read_source
+    from edgetok.stages import Transcriber
+    from targets.parity import measure
+
+    bundle = load_bundle(tiny_bundle)
+    held = read_source(speech_dir)
+    first = measure(bundle, bundle, held, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("ref-*.npz"))) == len(held) == 2
+    assert first["models"]["tokenizer"]["token_agreement"] == 1.0
+
+    def no_fp32_run(self: Transcriber, audio: np.ndarray) -> None:
+        raise AssertionError("the FP32 pipeline ran again")
+
+    monkeypatch.setattr(Transcriber, "__call__", no_fp32_run)
+    assert measure(bundle, bundle, held, cache_dir=tmp_path) == first
