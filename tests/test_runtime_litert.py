@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import build_fixtures
 
-pytest.importorskip("ai_edge_litert", reason="LiteRT is in the build extra ('edgetok[build]')")
-pytest.importorskip("litert_torch", reason="litert-torch is in the build extra ('edgetok[build]')")
-
-from fixtures import build_fixtures  # noqa: E402
+pytest.importorskip("ai_edge_litert", reason="LiteRT is in the litert extra ('edgetok[litert]')")
+if build_fixtures.prebuilt("litert") is None:
+    pytest.importorskip(
+        "litert_torch", reason="litert-torch is in the build extra ('edgetok[build]')"
+    )
 
 from edgetok.runtime import Session, TensorSpec, open_session  # noqa: E402
 from edgetok.windows import SCHEMES  # noqa: E402
@@ -23,12 +25,11 @@ exported_bundle = build_fixtures.exported_bundle
 WINDOWS = {"tokenizer": {"T": (32, 64)}, "entropy_lm": {"T": (16, 40)}}
 
 
-@pytest.fixture(scope="module")
-def tflite(exported_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def compile_windows(exported_bundle: Path, out: Path) -> None:
+    """The tokenizer and entropy LM of ``exported_bundle`` as ``WINDOWS`` .tflite in ``out``."""
     from edgetok.bundle import load_bundle
     from targets.compilers import get_compiler
 
-    out = tmp_path_factory.mktemp("litert")
     compiler = get_compiler("litert")
     with pytest.MonkeyPatch.context() as patch:
         for role, sizes in WINDOWS.items():
@@ -41,6 +42,15 @@ def tflite(exported_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> P
                 calib=None,
                 work_dir=out / "work",
             )
+
+
+@pytest.fixture(scope="module")
+def tflite(exported_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    made = build_fixtures.prebuilt("litert")
+    if made is not None:
+        return made
+    out = tmp_path_factory.mktemp("litert")
+    compile_windows(exported_bundle, out)
     return out
 
 
