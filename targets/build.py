@@ -37,6 +37,8 @@ from targets.compilers import ToolchainError, get_compiler
 __all__ = ["BuildError", "BuildResult", "build", "default_calibration_source"]
 
 PARITY_FILE: Final = "parity.json"
+#: Marks a directory that ``build`` made, finished or not.
+BUILD_MARKER: Final = ".edgetok-build"
 #: Utterances for calibration and for the parity report (the held-out set is capped).
 CALIBRATION_SIZE: Final = 32
 HELDOUT_SIZE: Final = 40
@@ -88,12 +90,16 @@ def _audio(
 
 
 def _prepare(out_dir: Path) -> None:
-    """An empty ``out_dir``; an existing one is replaced only when it holds a bundle."""
+    """An empty ``out_dir``; an existing one is replaced only when it holds a bundle or
+    an unfinished build (its ``BUILD_MARKER``, written first, so a build that stopped
+    half-way does not block the next)."""
     if out_dir.exists():
-        if any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        ours = (out_dir / MANIFEST_NAME).is_file() or (out_dir / BUILD_MARKER).is_file()
+        if any(out_dir.iterdir()) and not ours:
             raise BuildError(f"{out_dir} exists and is not a built bundle; choose another --out")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    (out_dir / BUILD_MARKER).write_text("made by edgetok build\n", encoding="utf-8")
 
 
 def _manifest(source: Bundle, target: str, artifacts: dict, backend: str, out_dir: Path) -> Bundle:

@@ -43,9 +43,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(report["note"])
     t = report["latency"]["tokenizer"]
     lines.append(
-        f"tokenizer latency, {t['backend']}, {t['threads']} thread, {t['frames']} frames: "
-        f"built {t['built_min_ms']:.1f} ms, FP32 {_num(t['fp32_min_ms'], '.1f')} ms (best of "
-        f"{t['repeats']}; medians {t['built_ms']:.1f}, {_num(t['fp32_ms'], '.1f')}), "
-        f"speed-up {_num(t['speedup'], '.2f')}x"
+        f"tokenizer latency, {t['backend']}, {t['threads']} thread, {t['frames']} frames, "
+        f"median of {t['repeats']}: CPU time built {t['built_cpu_ms']:.1f} ms, FP32 "
+        f"{_num(t['fp32_cpu_ms'], '.1f')} ms, speed-up {_num(t['speedup'], '.2f')}x "
+        f"(wall: medians {t['built_ms']:.1f} / {_num(t['fp32_ms'], '.1f')} ms, best "
+        f"{t['built_min_ms']:.1f} / {_num(t['fp32_min_ms'], '.1f')} ms)"
     )
     return "\n".join(lines)

@@ -191,3 +191,13 @@ def test_fp32_reference_is_cached(
 
     monkeypatch.setattr(Transcriber, "__call__", no_fp32_run)
     assert measure(bundle, bundle, held, cache_dir=tmp_path) == first
+
+
+def test_replaces_an_unfinished_build(tmp_path: Path) -> None:
+    from targets.build import BUILD_MARKER, _prepare
+
+    out = tmp_path / "out"
+    _prepare(out)
+    (out / "tokenizer.tflite").write_text("half-way")  # stopped before bundle.toml
+    _prepare(out)
+    assert [p.name for p in out.iterdir()] == [BUILD_MARKER]
