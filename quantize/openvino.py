@@ -8,7 +8,10 @@ alone missed the tokenizer's stem convolutions, which then ran in INT8.
 Chosen by measurement (dev bundle tokenizer, 12 held-out utterances, token agreement
 with FP32): mixed preset + SmoothQuant (NNCF's transformer default) 92.2 %, mixed
 without SmoothQuant 93.6 %, performance + SmoothQuant 94.5 %, performance without
-95.7 %; without the transformer model type 91.0 %.
+95.7 %; without the transformer model type 91.0 %. (Those were measured before the
+ignored scope matched the split stem convolutions.) With it, on 40 held-out utterances
+(CPU time, one thread): stem float 99.2 % at 1.95x faster than FP32; stem conv2
+quantized 97.1 % at 2.07x.
 """
 
 from __future__ import annotations
