@@ -574,14 +574,17 @@ def _summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def model_bytes(bundle: Bundle) -> dict[str, int]:
     """Bytes on disk per model role (an OpenVINO ``.xml`` with its ``.bin``), the
     codebook, the device total (tokenizer, entropy LM, aggregator, codebook) and all."""
-    sizes = {}
+    sizes: dict[str, int] = {}
     for role in bundle.models:
         path = bundle.path_of(role)
+        if not path.is_file():  # replaced under the benchmark's feet: left out, not fatal
+            continue
         size = path.stat().st_size
         if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
             size += path.with_suffix(".bin").stat().st_size
         sizes[role] = size
-    sizes["codebook"] = bundle.codebook_path.stat().st_size
+    codebook = bundle.codebook_path
+    sizes["codebook"] = codebook.stat().st_size if codebook.is_file() else 0
     sizes["device_total"] = sum(sizes.get(r, 0) for r in (*DEVICE_MODELS, "codebook"))
     sizes["total"] = sum(v for k, v in sizes.items() if k != "device_total")
     return sizes
