@@ -211,6 +211,11 @@ class FrontendSection(_Section):
     f_max: float
     log_floor: float
 
+    @classmethod
+    def of_recipe(cls, recipe: Any) -> FrontendSection:
+        """The section recording ``recipe`` (an ``edgetok.frontend.FrontendConfig``)."""
+        return cls(**{f.name: getattr(recipe, f.name) for f in fields(cls)})
+
     def _validate(self, section: str) -> None:
         self._positive(section, "n_fft", "win_length", "hop_length", "n_mels", "log_floor")
         self._require(self.win_length <= self.n_fft, section, "win_length", "must be <= n_fft")
@@ -299,6 +304,20 @@ class ModelEntry(_Section):
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def fp32_onnx(cls, path: Path) -> ModelEntry:
+        """The entry of the FP32 ONNX model at ``path`` (named relative to its directory),
+        its I/O as an ONNX Runtime session declares it."""
+        session = open_session(path)
+        return cls(
+            file=path.name,
+            backend="onnxruntime",
+            precision="fp32",
+            sha256=sha256_file(path),
+            inputs=tuple(session.inputs),
+            outputs=tuple(session.outputs),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The table as TOML-ready values."""

@@ -26,7 +26,6 @@ from edgetok.bundle import (
     write_bundle,
 )
 from edgetok.frontend import FrontendConfig
-from edgetok.runtime import open_session
 from edgetok.train.export import (
     export_aggregator,
     export_decoder,
@@ -93,15 +92,7 @@ def make_bundle(
 
     models = {}
     for role, file in MODEL_FILES.items():
-        session = open_session(out_dir / file)
-        models[role] = ModelEntry(
-            file=file,
-            backend="onnxruntime",
-            precision="fp32",
-            sha256=sha256_file(out_dir / file),
-            inputs=tuple(session.inputs),
-            outputs=tuple(session.outputs),
-        )
+        models[role] = ModelEntry.fp32_onnx(out_dir / file)
     frontend = FrontendConfig()
     corpus_info = json.loads((corpus_dir / "corpus.json").read_text())
     bundle = Bundle(
@@ -111,15 +102,7 @@ def make_bundle(
             description="Trained on synthetic speech (espeak-ng, flite, festival voices).",
         ),
         audio=AudioSection(sample_rate=frontend.sample_rate),
-        frontend=FrontendSection(
-            n_fft=frontend.n_fft,
-            win_length=frontend.win_length,
-            hop_length=frontend.hop_length,
-            n_mels=frontend.n_mels,
-            f_min=frontend.f_min,
-            f_max=frontend.f_max,
-            log_floor=frontend.log_floor,
-        ),
+        frontend=FrontendSection.of_recipe(frontend),
         tokens=TokensSection(
             rate_hz=TOKEN_RATE_HZ,
             vocab_size=int(codebook.shape[0]),
