@@ -173,7 +173,8 @@ def _config_of(path: Path, target: str | None, reasons: dict[str, str | None]) -
     backends = sorted({entry.backend for entry in device})
     precisions = sorted({entry.precision for entry in device})
     backend = "+".join(backends)
-    precision = precisions[0] if len(precisions) == 1 else "mixed-" + "+".join(precisions)
+    # An INT8 build keeps some models in float by recipe (quantize.INT8_ROLES): it is "int8".
+    precision = "int8" if "int8" in precisions else "+".join(precisions)
     problems = [f"{b}: {reasons[b]}" for b in backends if reasons.get(b)]
     return Config(
         target=target or bundle.meta.target,

@@ -21,6 +21,12 @@ stem 93.6 % at 2.06x. A quantized LM
 head put LiteRT's logits off by 100 %; a quantized decoder input projection turns
 LiteRT's ``prefix`` input into int8.
 The codebook argmin runs in numpy and is not part of any model.
+Only the device's hot path is quantized (``INT8_ROLES``: tokenizer and entropy LM). The
+aggregator stays FP32: under 10 % of the device's time in FP32 (bench/results), and its
+vectors are what crosses the wire. So does the decoder: it runs
+on the server, and greedy decoding turns small INT8 differences into different text
+(OpenVINO INT8 moved the WER by +2.6 points; on arm64, LiteRT's INT8 decoder changed
+the sample's transcript while every token matched x86).
 Build-time only: never imported by the device path.
 """
 
@@ -36,8 +42,18 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["KEEP_FLOAT", "Quantizer", "float_onnx_nodes", "get_quantizer", "is_kept", "quantizers"]
+__all__ = [
+    "INT8_ROLES",
+    "KEEP_FLOAT",
+    "Quantizer",
+    "float_onnx_nodes",
+    "get_quantizer",
+    "is_kept",
+    "quantizers",
+]
 
+#: Roles an INT8 build quantizes; the others are compiled in FP32.
+INT8_ROLES: Final[tuple[str, ...]] = ("tokenizer", "entropy_lm")
 #: Per role, modules (by name, matched as a suffix of the qualified name) kept in float.
 KEEP_FLOAT: Final[dict[str, tuple[str, ...]]] = {
     "tokenizer": ("stem.conv1", "stem.conv2", "stem.pos_conv"),

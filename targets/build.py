@@ -3,7 +3,8 @@
 Steps: the target's profile names the backend and default precision; that backend's
 compiler checks its toolchain (a ``ToolchainError`` before any work); with INT8, a
 calibration set is made from audio (cached under ``<out>/../.cache``); each model is
-compiled; the codebook and sample are copied; ``bundle.toml`` is written with the
+compiled (with INT8, ``quantize.INT8_ROLES`` quantized, the others FP32); the codebook
+and sample are copied; ``bundle.toml`` is written with the
 target, each model's backend and precision and hash; then the built bundle is compared
 with the FP32 source on held-out audio (``targets.parity``), the tokenizer timed against
 the FP32 ONNX on the same backend (``targets.latency``), and the report stored as
@@ -31,6 +32,7 @@ from edgetok.bundle import (
     write_bundle,
 )
 from edgetok.runtime import SessionOptions
+from quantize import INT8_ROLES
 from targets import load_profile
 from targets.compilers import ToolchainError, get_compiler
 
@@ -196,13 +198,14 @@ def build(
     artifacts = {}
     for i, role in enumerate(MODEL_ROLES, 1):
         started = time.perf_counter()
-        progress(f"[{i}/{len(MODEL_ROLES)}] {role}: {backend} {'int8' if int8 else 'fp32'}")
+        quantized = calibration is not None and role in INT8_ROLES
+        progress(f"[{i}/{len(MODEL_ROLES)}] {role}: {backend} {'int8' if quantized else 'fp32'}")
         artifacts[role] = compiler.compile(
             source,
             role,
             out_dir,
-            int8=int8,
-            calib=calibration.reader(role) if calibration else None,
+            int8=quantized,
+            calib=calibration.reader(role) if quantized else None,
             work_dir=work_dir,
         )
         progress(f"      -> {artifacts[role].file} ({time.perf_counter() - started:.1f} s)")

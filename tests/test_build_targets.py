@@ -16,6 +16,7 @@ from fixtures import build_fixtures
 
 from edgetok.bundle import MODEL_ROLES, load_bundle
 from edgetok.cli import main
+from quantize import INT8_ROLES
 
 pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
 
@@ -29,6 +30,10 @@ def _build(bundle: Path, corpus: Path, out: Path, *args: str) -> tuple[int, str]
         ["build", "--bundle", str(bundle), "--calib", str(corpus), "--out", str(out), *args],
     )
     return result.exit_code, result.output
+
+
+def report_precision(out: Path) -> dict[str, str]:
+    return json.loads((out / "parity.json").read_text())["precision"]
 
 
 def test_onnxruntime_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_path: Path) -> None:
@@ -45,8 +50,9 @@ def test_onnxruntime_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_
         assert (entry.file, entry.backend, entry.precision) == (
             f"{role}.onnx",
             "onnxruntime",
-            "int8",
+            "int8" if role in INT8_ROLES else "fp32",
         )
+    assert report_precision(out) == {r: built.models[r].precision for r in MODEL_ROLES}
     report = json.loads((out / "parity.json").read_text())
     assert report["utterances"] == 2 and report["calibration_utterances"] == 2
     assert 0.0 <= report["models"]["tokenizer"]["token_agreement"] <= 1.0
@@ -60,8 +66,12 @@ def test_onnxruntime_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_
     assert built.eval["parity"]["target"] == "x86-cpu"
     import onnx
 
-    quantized = onnx.load(str(out / "entropy_lm.onnx"))
-    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    def quantize_nodes(role: str) -> int:
+        graph = onnx.load(str(out / f"{role}.onnx")).graph
+        return sum(n.op_type == "QuantizeLinear" for n in graph.node)
+
+    assert quantize_nodes("entropy_lm") > 0 and quantize_nodes("tokenizer") > 0
+    assert quantize_nodes("aggregator") == 0 and quantize_nodes("decoder") == 0
 
 
 def test_fp32_build_has_exact_parity(
