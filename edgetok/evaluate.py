@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,8 +199,10 @@ def evaluate(
     pocketsphinx: PocketSphinx | None = None,
     *,
     progress: bool = False,
+    on_hypothesis: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, Any]:
-    """Score each pack (and pocketsphinx) on ``utterances``.
+    """Score each pack (and pocketsphinx) on ``utterances``; ``on_hypothesis`` gets
+    ``{"id", "voice", "system", "reference", "hypothesis"}`` for every transcript.
 
     Returns ``{"utterances", "audio_s", "systems": {name: {"utterances", "wer", "cer",
     "tokens_per_s", "segments_per_s", "rtf", "voices": {voice: {"utterances", "wer",
@@ -214,6 +216,19 @@ def evaluate(
     if pocketsphinx is not None:
         systems[POCKETSPHINX] = _System(rates=False)
     audio_s = 0.0
+
+    def scored(utt: Utterance, system: str, reference: str, hypothesis: str) -> None:
+        if on_hypothesis is not None:
+            on_hypothesis(
+                {
+                    "id": utt.id,
+                    "voice": utt.voice,
+                    "system": system,
+                    "reference": reference,
+                    "hypothesis": hypothesis,
+                }
+            )
+
     for utt in tqdm(utterances, desc="eval", unit="utt", disable=not progress):
         audio = load_audio(utt.path, transcriber.sample_rate)
         reference = normalize(utt.text)
@@ -230,11 +245,13 @@ def evaluate(
                 len(out.tokens),
                 len(out.starts),
             )
+            scored(utt, name, reference, out.text)
         if pocketsphinx is not None:
             start = time.perf_counter()
             text = pocketsphinx(audio)
             seconds = time.perf_counter() - start
             systems[POCKETSPHINX].add(utt.voice, reference, text, encoded.duration_s, seconds)
+            scored(utt, POCKETSPHINX, reference, text)
     return {
         "utterances": len(utterances),
         "audio_s": audio_s,

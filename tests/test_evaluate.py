@@ -158,7 +158,14 @@ def test_cli_json_and_table(tiny_bundle: Path, manifest: Path, tmp_path: Path) -
     assert set(dense) == SYSTEM_KEYS
     assert dense["segments_per_s"] == dense["tokens_per_s"]
 
-    table = eval_cli(*args).stdout.splitlines()
+    rows_file = tmp_path / "hyps.jsonl"
+    table = eval_cli(*args, "--hypotheses", str(rows_file)).stdout.splitlines()
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert [(r["id"], r["system"]) for r in rows] == [
+        (utt, system) for utt in ("u0", "u1") for system in ("entropy", "dense")
+    ]
+    assert all(set(r) == {"id", "voice", "system", "reference", "hypothesis"} for r in rows)
+    assert rows[0]["reference"] == normalize(read_manifest(manifest)[0].text)
     assert table[0] == f"2 utterances, {report['audio_s']:.1f} s of audio"
     assert table[2].split() == ["system", "utts", "WER", "CER", "tokens/s", "segments/s", "RTF"]
     assert [line.split()[0] for line in table[3:5]] == ["entropy", "dense"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -124,6 +125,12 @@ def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     "scored earlier on the same manifest and utterance count are kept (so a baseline can "
     "be scored in a later run).",
 )
+@click.option(
+    "--hypotheses",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write every transcript to this JSONL file: id, voice, system, reference, "
+    "hypothesis (normalised as scored).",
+)
 @threads_option
 def command(
     manifest: Path,
@@ -133,6 +140,7 @@ def command(
     limit: int | None,
     as_json: bool,
     record: bool,
+    hypotheses: Path | None,
     threads: int,
 ) -> None:
     """Score speech-to-text on the utterances of MANIFEST (JSONL: id, path, text, voice;
@@ -169,10 +177,24 @@ def command(
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"--baseline {name}: {exc}") from None
     recognizer = ev.PocketSphinx() if pocketsphinx else None
-    try:
-        result = ev.evaluate(utterances, transcriber, packs, recognizer, progress=True)
-    except AudioError as exc:
-        raise click.ClickException(str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if hypotheses is not None:
+            try:
+                sink = stack.enter_context(open(hypotheses, "w", encoding="utf-8"))
+            except OSError as exc:
+                raise click.ClickException(f"--hypotheses: {exc}") from None
+
+        def write(row: dict[str, str]) -> None:
+            if sink is not None:
+                sink.write(json.dumps(row) + "\n")
+
+        try:
+            result = ev.evaluate(
+                utterances, transcriber, packs, recognizer, progress=True, on_hypothesis=write
+            )
+        except AudioError as exc:
+            raise click.ClickException(str(exc)) from None
     if record:
         from edgetok.bundle import write_bundle
 
