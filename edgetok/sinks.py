@@ -70,7 +70,7 @@ class _Handles:
 
 
 class LocalSink:
-    """Greedy decoding on this machine with a ``DecoderStage`` (float32 vectors)."""
+    """Decoding on this machine with a ``DecoderStage`` (float32 vectors)."""
 
     timing = "decoder"
     dtype = "fp16"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from edgetok.beam import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY, beam_search, log_softmax
 from edgetok.bundle import Bundle
 from edgetok.codebook import nearest_centroid
 from edgetok.compress import Compression
@@ -114,19 +115,30 @@ class AggregatorStage:
 
 
 class DecoderStage:
-    """Segment vectors float32 [S, D] -> text, by greedy character decoding.
+    """Segment vectors float32 [S, D] -> text, by beam search over characters.
 
-    Starts from BOS and appends the argmax of the last position until EOS or
-    ``max_chars`` characters (default ``min(3 S + 20, MAX_CHARS)``). A decoder with a
-    key/value cache (inputs ``past_keys``/``past_values``, outputs ``keys``/``values``:
-    what ``edgetok train bundle`` exports) runs the prefix and BOS once on an empty cache,
-    then one character a run; a decoder without one (``prefix``, ``text`` -> ``logits``:
+    Hypotheses start from BOS and end at EOS or ``max_chars`` characters (default
+    ``min(3 S + 20, MAX_CHARS)``); ``edgetok.beam`` keeps the ``beam`` best and ranks the
+    finished ones by log-probability / length ** ``length_penalty``; ``beam=1`` is
+    greedy decoding. A decoder with a key/value cache (inputs ``past_keys``/
+    ``past_values``, outputs ``keys``/``values``: what ``edgetok train bundle`` exports)
+    runs the prefix and BOS once on an empty cache, then one character per hypothesis, the
+    hypotheses in one batch; a decoder without one (``prefix``, ``text`` -> ``logits``:
     older bundles, fixed-window LiteRT models) reruns the whole prefix and text for every
-    character. ``use_cache=False`` makes a cached decoder rerun everything too (the same
-    text; for comparisons).
+    character of every hypothesis. ``use_cache=False`` makes a cached decoder rerun
+    everything too (the same text; for comparisons).
     """
 
-    def __init__(self, session: Session, use_cache: bool = True) -> None:
+    def __init__(
+        self,
+        session: Session,
+        use_cache: bool = True,
+        *,
+        beam: int = DEFAULT_BEAM,
+        length_penalty: float = DEFAULT_LENGTH_PENALTY,
+    ) -> None:
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
         vocab = _fixed_last_dim(session, "logits")
         if vocab != len(VOCAB):
             raise ValueError(
@@ -141,6 +153,8 @@ class DecoderStage:
                 raise ValueError(f"decoder input past_keys {past.shape}: no fixed layers/heads")
             self._empty = np.zeros((layers, 1, heads, 0, head_dim), np.float32)
         self.use_cache = use_cache and self.cached
+        self.beam = beam
+        self.length_penalty = length_penalty
 
     @property
     def cached(self) -> bool:
@@ -148,8 +162,10 @@ class DecoderStage:
         return self._empty is not None
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> DecoderStage:
-        return cls(bundle.open("decoder", options=options))
+    def from_bundle(
+        cls, bundle: Bundle, options: SessionOptions | None = None, *, beam: int = DEFAULT_BEAM
+    ) -> DecoderStage:
+        return cls(bundle.open("decoder", options=options), beam=beam)
 
     def feeds(self, prefix: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
         """The model's inputs for prefix [1, S, D] and text [1, U] from the start (an empty
@@ -169,33 +185,67 @@ class DecoderStage:
         if max_chars is None:
             max_chars = min(3 * vectors.shape[0] + 20, MAX_CHARS)
         prefix = np.ascontiguousarray(vectors[None], dtype=np.float32)
-        ids = [BOS]
-        next_logits = self._cached(prefix, ids) if self.use_cache else self._full(prefix, ids)
-        for _ in range(max_chars):
-            next_id = int(np.argmax(next(next_logits)))
-            if next_id == EOS:
-                break
-            ids.append(next_id)
-        return decode_ids(ids[1:])
+        scorer = _CachedScorer(self, prefix) if self.use_cache else _RerunScorer(self, prefix)
+        ids = beam_search(
+            scorer,
+            eos=EOS,
+            beam=self.beam,
+            max_chars=max_chars,
+            length_penalty=self.length_penalty,
+        )
+        return decode_ids(ids)
 
-    def _full(self, prefix: np.ndarray, ids: list[int]) -> Iterator[np.ndarray]:
-        """Logits of the next character after ``ids`` (as it grows), rerunning everything."""
-        while True:
-            yield self.logits(prefix, np.array([ids], dtype=np.int64))[0, -1]
 
-    def _cached(self, prefix: np.ndarray, ids: list[int]) -> Iterator[np.ndarray]:
-        """The same logits with the cache: prefix and BOS first, then one id a run."""
-        feeds = self.feeds(prefix, np.array([ids], dtype=np.int64))
-        no_prefix = np.zeros((1, 0, prefix.shape[2]), np.float32)
-        while True:
-            out = self.session.run(feeds)
-            yield out["logits"][0, -1]
-            feeds = {
-                "prefix": no_prefix,
-                "text": np.array([ids[-1:]], dtype=np.int64),
-                "past_keys": out["keys"],
-                "past_values": out["values"],
+class _RerunScorer:
+    """Next-character log-probabilities by rerunning prefix and text, one hypothesis a
+    run (fixed-shape models take a batch of one)."""
+
+    def __init__(self, stage: DecoderStage, prefix: np.ndarray) -> None:
+        self.stage = stage
+        self.prefix = prefix
+        self.texts: list[list[int]] = [[BOS]]
+
+    def _next(self) -> np.ndarray:
+        rows = [
+            self.stage.logits(self.prefix, np.array([text], dtype=np.int64))[0, -1]
+            for text in self.texts
+        ]
+        return log_softmax(np.stack(rows))
+
+    def start(self) -> np.ndarray:
+        return self._next()
+
+    def extend(self, parents: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        self.texts = [[*self.texts[p], int(i)] for p, i in zip(parents, ids, strict=True)]
+        return self._next()
+
+
+class _CachedScorer:
+    """The same log-probabilities with the key/value cache: prefix and BOS once, then one
+    character per hypothesis, all hypotheses in one batch."""
+
+    def __init__(self, stage: DecoderStage, prefix: np.ndarray) -> None:
+        self.stage = stage
+        self.prefix = prefix
+        self.keys = self.values = np.zeros(0, np.float32)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.stage.session.run(feeds)
+        self.keys, self.values = out["keys"], out["values"]
+        return log_softmax(out["logits"][:, -1])
+
+    def start(self) -> np.ndarray:
+        return self._run(self.stage.feeds(self.prefix, np.array([[BOS]], dtype=np.int64)))
+
+    def extend(self, parents: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return self._run(
+            {
+                "prefix": np.zeros((len(ids), 0, self.prefix.shape[2]), np.float32),
+                "text": ids[:, None].astype(np.int64),
+                "past_keys": np.ascontiguousarray(self.keys[:, parents]),
+                "past_values": np.ascontiguousarray(self.values[:, parents]),
             }
+        )
 
 
 def _timed(timings: dict[str, float], stage: str, fn: Callable[..., _T], *args: Any) -> _T:
@@ -215,8 +265,11 @@ class DecoderPack:
     decoder: DecoderStage
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> DecoderPack:
-        """The bundle's entropy segmenter settings with its aggregator and decoder."""
+    def from_bundle(
+        cls, bundle: Bundle, options: SessionOptions | None = None, *, beam: int = DEFAULT_BEAM
+    ) -> DecoderPack:
+        """The bundle's entropy segmenter settings with its aggregator and decoder
+        (beam width ``beam``)."""
         seg = bundle.segmenter
         compression = Compression(
             mode="entropy",
@@ -230,11 +283,17 @@ class DecoderPack:
         return cls(
             compression,
             AggregatorStage(bundle.open("aggregator", options=options)),
-            DecoderStage.from_bundle(bundle, options),
+            DecoderStage.from_bundle(bundle, options, beam=beam),
         )
 
     @classmethod
-    def from_dir(cls, directory: str | Path, options: SessionOptions | None = None) -> DecoderPack:
+    def from_dir(
+        cls,
+        directory: str | Path,
+        options: SessionOptions | None = None,
+        *,
+        beam: int = DEFAULT_BEAM,
+    ) -> DecoderPack:
         """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``."""
         directory = Path(directory)
         rule = directory / COMPRESSION_FILE
@@ -247,7 +306,7 @@ class DecoderPack:
         return cls(
             compression,
             AggregatorStage(open_session(directory / "aggregator.onnx", options=options)),
-            DecoderStage(open_session(directory / "decoder.onnx", options=options)),
+            DecoderStage(open_session(directory / "decoder.onnx", options=options), beam=beam),
         )
 
     def run(
@@ -320,12 +379,13 @@ class Transcriber:
         *,
         options: SessionOptions | None = None,
         pack: DecoderPack | None = None,
+        beam: int = DEFAULT_BEAM,
     ) -> None:
         self.bundle = bundle
         self.sample_rate = bundle.audio.sample_rate
         self.tokenizer = TokenizerStage.from_bundle(bundle, options)
         self.entropy = EntropyStage(bundle.open("entropy_lm", options=options))
-        self.pack = pack or DecoderPack.from_bundle(bundle, options)
+        self.pack = pack or DecoderPack.from_bundle(bundle, options, beam=beam)
         warmup()  # the segmenter's one-time Numba load, kept off the first utterance
 
     def encode(self, audio: np.ndarray) -> Encoded:

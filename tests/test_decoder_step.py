@@ -91,15 +91,21 @@ def test_one_graph_holds_the_cache_and_one_copy_of_the_weights(exported: Path) -
 @pytest.mark.slow
 def test_cached_onnx_gives_the_full_decoders_text(exported: Path) -> None:
     dec = decoder()
-    cached = DecoderStage(open_session(exported / "decoder.onnx"))
-    rerun = DecoderStage(cached.session, use_cache=False)
-    full = DecoderStage(open_session(exported / "decoder_full.onnx"))
+    cached = DecoderStage(open_session(exported / "decoder.onnx"), beam=1)
+    rerun = DecoderStage(cached.session, use_cache=False, beam=1)
+    full = DecoderStage(open_session(exported / "decoder_full.onnx"), beam=1)
+    beams = [
+        DecoderStage(cached.session, beam=4),
+        DecoderStage(cached.session, use_cache=False, beam=4),
+        DecoderStage(full.session, beam=4),
+    ]
     rng = np.random.default_rng(0)
     texts = []
     for segments in (1, 2, 5, 17, 40):
         vectors = rng.standard_normal((segments, D)).astype(np.float32)
         texts.append(full(vectors))
         assert cached(vectors) == rerun(vectors) == texts[-1]
+        assert len({stage(vectors) for stage in beams}) == 1  # cache, batch: the same search
         limit = min(3 * segments + 20, 400)
         (ids,) = greedy_decode(dec, torch.from_numpy(vectors[None]), max_len=limit)
         assert decode_ids(ids) == texts[-1]  # torch's full-recompute greedy decode
@@ -109,7 +115,7 @@ def test_cached_onnx_gives_the_full_decoders_text(exported: Path) -> None:
 @pytest.mark.slow
 def test_cached_decoder_runs_once_per_character(exported: Path) -> None:
     session = CountingSession(open_session(exported / "decoder.onnx"))
-    stage = DecoderStage(session)
+    stage = DecoderStage(session, beam=1)
     vectors = np.random.default_rng(1).standard_normal((6, D)).astype(np.float32)
     text = stage(vectors)
     runs = session.runs

@@ -126,7 +126,7 @@ def test_decoder_stops_at_eos(bundle: Bundle) -> None:
     vectors = unit_prefix(3, 0, 3.0)
     ids, stopped = greedy_reference(vectors.sum(axis=0), 100)
     assert stopped and ids == [8, 11]
-    assert DecoderStage(session)(vectors) == decode_ids(ids) == "dg"
+    assert DecoderStage(session, beam=1)(vectors) == decode_ids(ids) == "dg"
     assert [run["text"] for run in session.runs] == [(1, 1), (1, 2), (1, 3)]
     assert {run["prefix"] for run in session.runs} == {(1, 3, D)}
 
@@ -137,7 +137,7 @@ def test_decoder_default_limit(bundle: Bundle, count: int, limit: int) -> None:
     vectors = unit_prefix(count, 0, -3.0)
     ids, stopped = greedy_reference(vectors.sum(axis=0), limit)
     assert not stopped and len(ids) == limit
-    assert DecoderStage(session)(vectors) == decode_ids(ids)
+    assert DecoderStage(session, beam=1)(vectors) == decode_ids(ids)
     assert len(session.runs) == limit
 
 
@@ -145,7 +145,7 @@ def test_decoder_max_chars(bundle: Bundle) -> None:
     vectors = unit_prefix(1, 1, 3.0)
     ids, stopped = greedy_reference(vectors.sum(axis=0), 7)
     assert not stopped
-    assert DecoderStage(bundle.open("decoder"))(vectors, max_chars=7) == decode_ids(ids)
+    assert DecoderStage(bundle.open("decoder"), beam=1)(vectors, max_chars=7) == decode_ids(ids)
 
 
 def test_decoder_without_vectors_writes_nothing(bundle: Bundle) -> None:

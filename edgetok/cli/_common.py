@@ -29,6 +29,19 @@ def bundle_option(f: F) -> F:
     )(f)
 
 
+def beam_option(f: F) -> F:
+    from edgetok.beam import DEFAULT_BEAM
+
+    return click.option(
+        "--beam",
+        type=click.IntRange(min=1),
+        default=DEFAULT_BEAM,
+        show_default=True,
+        help="Beam width of the character decoder, where this command decodes (1: greedy "
+        "decoding, the fastest).",
+    )(f)
+
+
 def threads_option(f: F) -> F:
     return click.option(
         "--threads",
@@ -55,14 +68,15 @@ def session_options(threads: int) -> SessionOptions:
     return SessionOptions(threads=threads)
 
 
-def open_transcriber(path: Path | None, threads: int) -> Transcriber:
-    """A ``Transcriber`` over the bundle at ``path`` with its own decoder pack."""
+def open_transcriber(path: Path | None, threads: int, beam: int) -> Transcriber:
+    """A ``Transcriber`` over the bundle at ``path`` with its own decoder pack, decoding
+    with a beam of ``beam``."""
     from edgetok.bundle import BundleError
     from edgetok.stages import Transcriber
 
     bundle = open_bundle(path)
     try:
-        return Transcriber(bundle, options=session_options(threads))
+        return Transcriber(bundle, options=session_options(threads), beam=beam)
     except (BundleError, ValueError, OSError) as exc:
         raise click.ClickException(f"{bundle.manifest_path}: {exc}") from None
 

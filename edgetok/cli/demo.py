@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgetok.cli._common import bundle_option, open_transcriber, threads_option
+from edgetok.cli._common import beam_option, bundle_option, open_transcriber, threads_option
 from edgetok.cli._live import traffic_rows, utterance_line, vad_config, vad_options
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 )
 @vad_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results.")
+@beam_option
 @threads_option
 def command(
     bundle_path: Path | None,
@@ -41,6 +42,7 @@ def command(
     hangover: float,
     as_json: bool,
     threads: int,
+    beam: int,
 ) -> None:
     """Stream a sample through the whole pipeline to a decoding server started here.
 
@@ -57,7 +59,7 @@ def command(
     from edgetok.sinks import RemoteSink
     from edgetok.stages import DecoderStage
 
-    transcriber = open_transcriber(bundle_path, threads)
+    transcriber = open_transcriber(bundle_path, threads, beam)
     bundle = transcriber.bundle
     assert bundle.root is not None
     path = audio or bundle.root / "sample.wav"
@@ -69,7 +71,7 @@ def command(
         raise click.ClickException(str(exc)) from None
     vad = vad_config(vad_threshold, min_speech, hangover)
     token = secrets.token_urlsafe(16)
-    decoder = DecoderStage.from_bundle(bundle)
+    decoder = DecoderStage.from_bundle(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
     with start_server(decoder, bundle_identity(bundle), token=token) as server:
         url = f"ws://127.0.0.1:{server.port}/"

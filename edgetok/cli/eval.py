@@ -13,7 +13,13 @@ from typing import Any
 
 import click
 
-from edgetok.cli._common import bundle_option, open_transcriber, session_options, threads_option
+from edgetok.cli._common import (
+    beam_option,
+    bundle_option,
+    open_transcriber,
+    session_options,
+    threads_option,
+)
 
 ENTROPY = "entropy"
 EVAL_EXTRA = "pip install 'edgetok[eval]'"
@@ -131,6 +137,7 @@ def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     help="Also write every transcript to this JSONL file: id, voice, system, reference, "
     "hypothesis (normalised as scored).",
 )
+@beam_option
 @threads_option
 def command(
     manifest: Path,
@@ -142,6 +149,7 @@ def command(
     record: bool,
     hypotheses: Path | None,
     threads: int,
+    beam: int,
 ) -> None:
     """Score speech-to-text on the utterances of MANIFEST (JSONL: id, path, text, voice;
     paths relative to the manifest's directory).
@@ -169,11 +177,11 @@ def command(
         utterances = ev.read_manifest(manifest, limit)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    transcriber = open_transcriber(bundle_path, threads)
+    transcriber = open_transcriber(bundle_path, threads, beam)
     packs = {ENTROPY: transcriber.pack}
     for name, directory in baseline_dirs.items():
         try:
-            packs[name] = DecoderPack.from_dir(directory, session_options(threads))
+            packs[name] = DecoderPack.from_dir(directory, session_options(threads), beam=beam)
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"--baseline {name}: {exc}") from None
     recognizer = ev.PocketSphinx() if pocketsphinx else None

@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from edgetok.cli._common import (
+    beam_option,
     bundle_option,
     open_transcriber,
     read_audio,
@@ -120,14 +121,20 @@ def plot(
     help="Print one JSON object: what transcribe --json prints, plus token_ids, entropy, "
     "starts and the segmenter's global_threshold, relative_threshold, min_len, max_len.",
 )
+@beam_option
 @threads_option
 def command(
-    file: Path, bundle_path: Path | None, plot_path: Path | None, as_json: bool, threads: int
+    file: Path,
+    bundle_path: Path | None,
+    plot_path: Path | None,
+    as_json: bool,
+    threads: int,
+    beam: int,
 ) -> None:
     """Show how FILE is tokenized and cut: entropy per token, segment starts, transcript."""
     from edgetok.frontend import log_mel
 
-    transcriber = open_transcriber(bundle_path, threads)
+    transcriber = open_transcriber(bundle_path, threads, beam)
     audio = read_audio(file, transcriber.sample_rate)
     transcript = transcriber(audio)
     compression = transcriber.pack.compression

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from edgetok.cli._common import bundle_option, open_transcriber, threads_option
+from edgetok.cli._common import beam_option, bundle_option, open_transcriber, threads_option
 from edgetok.cli._live import open_sink, server_options, utterance_line, vad_config, vad_options
 
 
@@ -46,6 +46,7 @@ from edgetok.cli._live import open_sink, server_options, utterance_line, vad_con
     is_flag=True,
     help="Print one JSON object per utterance (text, times, rates, latency, bytes, timings).",
 )
+@beam_option
 @threads_option
 def command(
     device: str | None,
@@ -61,6 +62,7 @@ def command(
     hangover: float,
     as_json: bool,
     threads: int,
+    beam: int,
 ) -> None:
     """Transcribe speech live, one line per utterance, until the input ends or Ctrl-C.
 
@@ -75,7 +77,7 @@ def command(
     if raw is not None and device is not None:
         raise click.UsageError("choose one of --device and --raw")
     vad = vad_config(vad_threshold, min_speech, hangover)
-    transcriber = open_transcriber(bundle_path, threads)
+    transcriber = open_transcriber(bundle_path, threads, beam)
     source: Any
     try:
         if raw is not None:

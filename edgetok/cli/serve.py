@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from edgetok.cli._common import beam_option
+
 
 @click.command("serve")
 @click.option(
@@ -37,6 +39,7 @@ import click
     type=click.IntRange(min=64, max=64 << 20),
     help="Larger frames are refused with error too_large and close code 1009.",
 )
+@beam_option
 def command(
     bundle: Path | None,
     host: str,
@@ -46,6 +49,7 @@ def command(
     tls_key: Path | None,
     max_connections: int,
     max_frame_bytes: int,
+    beam: int,
 ) -> None:
     """Decode segment vectors sent by edgetok devices into text (protocol: docs/protocol.md).
 
@@ -71,7 +75,7 @@ def command(
         click.echo(f"no --token or EDGETOK_TOKEN: clients must send token {token}", err=True)
     try:
         loaded = load_bundle(bundle or default_bundle_path())
-        decoder = DecoderStage.from_bundle(loaded)
+        decoder = DecoderStage.from_bundle(loaded, beam=beam)
         identity = bundle_identity(loaded)
     except (BundleError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgetok.cli._common import (
+    beam_option,
     bundle_option,
     open_transcriber,
     read_audio,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     "starts (segment starts, token indices), as inspect --json gives them; for parity "
     "checks across machines and backends.",
 )
+@beam_option
 @threads_option
 def command(
     files: tuple[Path, ...],
@@ -55,6 +57,7 @@ def command(
     as_json: bool,
     dump_tokens: bool,
     threads: int,
+    beam: int,
 ) -> None:
     """Transcribe each audio FILE (WAV, FLAC, OGG, ...; any rate, mixed to mono).
 
@@ -67,7 +70,7 @@ def command(
         raise click.UsageError("choose one of --server and --local")
     if dump_tokens and (server is not None or not as_json):
         raise click.UsageError("--dump-tokens needs --json and a local decoder (no --server)")
-    transcriber = open_transcriber(bundle_path, threads)
+    transcriber = open_transcriber(bundle_path, threads, beam)
     pipeline = None
     if server is not None:
         from edgetok.pipeline import Pipeline
