@@ -18,9 +18,11 @@ import numpy as np
 __all__ = ["DEFAULT_BEAM", "DEFAULT_LENGTH_PENALTY", "Scorer", "beam_search", "log_softmax"]
 
 #: The beam width and length penalty edgetok decodes with unless told otherwise, chosen on
-#: the dev split (a beam of 1 is greedy decoding).
+#: 60 dev utterances (first-pass default bundle, WER/CER): greedy 100.8/61.0 %; beam 4
+#: with penalty 0.5 87.8/55.8, 1.0 88.2/55.5; beam 8 with 0, 0.5, 1.0 84.6/55.4,
+#: 85.0/55.5, 85.6/56.2 at twice beam 4's decoding time. A beam of 1 is greedy decoding.
 DEFAULT_BEAM = 4
-DEFAULT_LENGTH_PENALTY = 1.0
+DEFAULT_LENGTH_PENALTY = 0.5
 
 
 class Scorer(Protocol):
