@@ -94,7 +94,7 @@ def _compute(bundle: Bundle, utterances: Sequence[Utterance]) -> CalibrationSet:
 
     tokenizer = TokenizerStage.from_bundle(bundle)
     entropy = EntropyStage(bundle.open("entropy_lm"))
-    pack = DecoderPack.from_bundle(bundle)
+    pack = DecoderPack.from_bundle(bundle, beam=1)  # the greedy transcript
     frontend = frontend_config(bundle)
     feeds: dict[str, list[Feeds]] = {role: [] for role in MODEL_ROLES}
     for utt in tqdm(utterances, desc="calibration", unit="utt", leave=False):

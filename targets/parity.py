@@ -8,6 +8,10 @@ next-character agreement (FP32 vectors and transcript). The whole built pipeline
 run end to end: token agreement, boundary F1 and the WER/CER change against the FP32
 pipeline, where the audio has reference transcripts.
 
+Both pipelines decode greedily (``PARITY_BEAM``): the decoding is the same on both sides,
+greedy text is the most sensitive to numeric differences, and a fixed-window LiteRT
+decoder reruns its whole window for every character of every hypothesis.
+
 What the FP32 pipeline makes of an utterance is cached (``cache_dir``, one ``.npz`` per
 utterance keyed by the source bundle's hashes and the audio file), so building several
 targets from one bundle runs the FP32 pipeline over the held-out audio once.
@@ -30,6 +34,8 @@ from edgetok.runtime import SessionOptions
 
 __all__ = ["THRESHOLDS", "Counts", "checks", "measure"]
 
+#: The beam width both pipelines decode with (1: greedy).
+PARITY_BEAM: Final = 1
 #: Acceptance thresholds: metric -> (comparison, limit).
 THRESHOLDS: Final = {
     "token_agreement": (">=", 0.98),
@@ -130,6 +136,7 @@ class _Reference:
     def key(bundle: Bundle, utt: Utterance) -> str:
         identity = {
             "version": _REFERENCE_VERSION,
+            "beam": PARITY_BEAM,
             "models": {role: entry.sha256 for role, entry in bundle.models.items()},
             "codebook": bundle.tokens.codebook_sha256,
             "segmenter": bundle.segmenter.to_dict(),
@@ -182,7 +189,7 @@ def measure(
     from edgetok.stages import Encoded, Transcriber
 
     ref: Transcriber | None = None
-    new = Transcriber(built, options=options)
+    new = Transcriber(built, options=options, beam=PARITY_BEAM)
     max_len = new.pack.compression.max_len
     compression = new.pack.compression
     counts = Counts()
@@ -192,7 +199,7 @@ def measure(
         if cached is not None and cached.is_file():
             r = _Reference.load(cached)
         else:
-            ref = ref or Transcriber(reference, options=options)
+            ref = ref or Transcriber(reference, options=options, beam=PARITY_BEAM)
             t = ref(audio)
             r = _Reference(
                 t.tokens,
