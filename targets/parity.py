@@ -4,13 +4,13 @@ Each model is measured on the FP32 pipeline's own inputs, so its number is its o
 error: the tokenizer's token agreement (same audio), the entropy LM's mean absolute
 entropy error and the segment-boundary F1 its entropies give (FP32 tokens), the
 aggregator's relative vector error (FP32 segments) and the decoder's teacher-forced
-next-character agreement (FP32 vectors and transcript). The whole built pipeline is then
-run end to end: token agreement, boundary F1 and the WER/CER change against the FP32
-pipeline, where the audio has reference transcripts.
-
-Both pipelines decode greedily (``PARITY_BEAM``): the decoding is the same on both sides,
-greedy text is the most sensitive to numeric differences, and a fixed-window LiteRT
-decoder reruns its whole window for every character of every hypothesis.
+next-character agreement (FP32 vectors and transcript). The built device pipeline
+(tokenizer, entropy LM, aggregator) is then run end to end and decoded as the server
+decodes it, with the source bundle's FP32 decoder and edgetok's default beam
+(``PARITY_BEAM``): token agreement, boundary F1 and the WER/CER change against the FP32
+pipeline, where the audio has reference transcripts. (The built decoder, for
+``--local`` decoding, is the next-character agreement above; a fixed-window LiteRT
+decoder would rerun its whole window for every character of every hypothesis.)
 
 What the FP32 pipeline makes of an utterance is cached (``cache_dir``, one ``.npz`` per
 utterance keyed by the source bundle's hashes and the audio file), so building several
@@ -29,13 +29,14 @@ from typing import Any, Final
 import numpy as np
 
 from calibration.sources import Utterance
+from edgetok.beam import DEFAULT_BEAM
 from edgetok.bundle import Bundle
 from edgetok.runtime import SessionOptions
 
 __all__ = ["THRESHOLDS", "Counts", "checks", "measure"]
 
-#: The beam width both pipelines decode with (1: greedy).
-PARITY_BEAM: Final = 1
+#: The beam width both pipelines decode with: the product's.
+PARITY_BEAM: Final = DEFAULT_BEAM
 #: Acceptance thresholds: metric -> (comparison, limit).
 THRESHOLDS: Final = {
     "token_agreement": (">=", 0.98),
@@ -186,12 +187,18 @@ def measure(
     pipeline's results are read from (and written to) ``cache_dir`` when given."""
     from edgetok.audio import load_audio
     from edgetok.evaluate import error_counts, normalize
-    from edgetok.stages import Encoded, Transcriber
+    from edgetok.stages import DecoderPack, DecoderStage, Encoded, Transcriber
 
     ref: Transcriber | None = None
     new = Transcriber(built, options=options, beam=PARITY_BEAM)
     max_len = new.pack.compression.max_len
     compression = new.pack.compression
+    # The built device models' segments, decoded as the server decodes them.
+    served = DecoderPack(
+        compression,
+        new.pack.aggregator,
+        DecoderStage.from_bundle(reference, options, beam=PARITY_BEAM),
+    )
     counts = Counts()
     for i, utt in enumerate(utterances):
         audio = load_audio(utt.path, reference.audio.sample_rate)
@@ -227,8 +234,8 @@ def measure(
             got = _teacher_forced(new, r.vectors, r.text)
             counts.chars_same += int(np.sum(r.next_chars == got))
             counts.chars += r.next_chars.size
-        # The built pipeline end to end, from the tokens its tokenizer gave above.
-        e2e = new.decode(Encoded(tokens, new.entropy(tokens), r.duration_s, {}))
+        # The built device pipeline end to end, from the tokens its tokenizer gave above.
+        e2e = new.decode(Encoded(tokens, new.entropy(tokens), r.duration_s, {}), served)
         counts.e2e_tokens_same += int(np.sum(e2e.tokens == r.tokens))
         counts.e2e_boundaries.add(r.starts, e2e.starts)
         if utt.text is not None:
