@@ -9,6 +9,7 @@ inside ``plot_report`` (the eval/train extras have it; a device install need not
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ _COLORS = {
 }
 
 
+def _label(name: str) -> str:
+    """A config name as a short tick label of a few lines (long build names wrap)."""
+    short = name.replace("onnxruntime", "ort").replace("openvino", "ov")
+    target, _, rest = short.partition("/")
+    return "\n".join([target, *textwrap.wrap(rest, width=14, break_on_hyphens=True)])
+
+
 def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     """Write the PNG for ``report`` (``bench.profile.profile``'s dict) to ``path``."""
     import matplotlib
@@ -36,7 +44,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
 
     configs = [c for c in report["configs"] if c.get("available") and c.get("stages")]
     sphinx = report.get("baselines", {}).get("pocketsphinx")
-    names = [c["name"].replace("/", "\n", 1) for c in configs]
+    names = [_label(c["name"]) for c in configs]
     fig, (ax, remote) = plt.subplots(
         1, 2, figsize=(max(7.0, 1.6 * len(configs) + 4), 5.2), width_ratios=[3, 1.4]
     )
@@ -91,12 +99,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     remote.set_ylabel("ms per second of audio")
     remote.legend(fontsize=8)
     remote.set_xticks(range(len(configs)))
-    remote.set_xticklabels(
-        [c["name"].replace("onnxruntime", "ort").replace("openvino", "ov") for c in configs],
-        rotation=30,
-        ha="right",
-        fontsize=7,
-    )
+    remote.set_xticklabels(names, fontsize=7)
     machine = report["machine"]["cpu"]
     fig.suptitle(
         f"edgetok bench on {machine['model']} ({machine['logical_cpus']} CPUs), "
