@@ -3,10 +3,10 @@
 The decoder is seen through a ``Scorer``: the log-probabilities of the first character,
 then, after hypotheses are extended, those of each hypothesis' next character.
 Hypotheses end at EOS, or are cut at ``max_chars`` characters (scored without an EOS,
-so no run is spent on it). Finished hypotheses are ranked by their summed log-probability divided
-by ``length ** length_penalty`` (length counts the EOS), so 0 ranks by total probability
-and 1 by mean log-probability per character. The search stops once ``beam`` hypotheses
-have finished.
+so no run is spent on it). Finished hypotheses are ranked by their summed
+log-probability divided by ``(characters + 1) ** length_penalty``, so 0 ranks by total
+probability and 1 by mean log-probability per step. The search stops once ``beam``
+hypotheses have finished.
 """
 
 from __future__ import annotations

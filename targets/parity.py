@@ -190,7 +190,7 @@ def measure(
     from edgetok.stages import DecoderPack, DecoderStage, Encoded, Transcriber
 
     ref: Transcriber | None = None
-    new = Transcriber(built, options=options, beam=PARITY_BEAM)
+    new = Transcriber(built, options=options)  # its decoder: teacher-forced only
     max_len = new.pack.compression.max_len
     compression = new.pack.compression
     # The built device models' segments, decoded as the server decodes them.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -85,6 +86,11 @@ def eval_table(result: dict[str, Any], manifest: Path, command: str) -> dict[str
         row["per_voice_wer"] = {v: round(float(x["wer"]), 4) for v, x in s["voices"].items()}
         table[name] = row
     return table
+
+
+def _write_row(sink: TextIO, row: dict[str, str]) -> None:
+    """One ``--hypotheses`` JSONL line."""
+    sink.write(json.dumps(row) + "\n")
 
 
 def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -186,20 +192,21 @@ def command(
             raise click.ClickException(f"--baseline {name}: {exc}") from None
     recognizer = ev.PocketSphinx() if pocketsphinx else None
     with contextlib.ExitStack() as stack:
-        sink = None
+        on_hypothesis = None
         if hypotheses is not None:
             try:
                 sink = stack.enter_context(open(hypotheses, "w", encoding="utf-8"))
             except OSError as exc:
                 raise click.ClickException(f"--hypotheses: {exc}") from None
-
-        def write(row: dict[str, str]) -> None:
-            if sink is not None:
-                sink.write(json.dumps(row) + "\n")
-
+            on_hypothesis = functools.partial(_write_row, sink)
         try:
             result = ev.evaluate(
-                utterances, transcriber, packs, recognizer, progress=True, on_hypothesis=write
+                utterances,
+                transcriber,
+                packs,
+                recognizer,
+                progress=True,
+                on_hypothesis=on_hypothesis,
             )
         except AudioError as exc:
             raise click.ClickException(str(exc)) from None
