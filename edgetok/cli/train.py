@@ -42,6 +42,17 @@ def _loop_options(f):
     return f
 
 
+def _from_bundle_option(what: str):
+    return click.option(
+        "--from-bundle",
+        "bundle_dir",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help=f"Take {what} from this bundle's ONNX models instead of a training run "
+        "(retrain later stages without the earlier checkpoints).",
+    )
+
+
 def _setup(corpus_dir: Path | None, run_name: str, **loop_kwargs):
     try:
         from edgetok.train.loop import LoopConfig
@@ -100,12 +111,15 @@ def codebook_cmd(corpus_dir, run_name, k, sample_frames) -> None:
 @click.option(
     "--train-hours", type=float, default=None, help="Tokenize only a random subset of train."
 )
-def tokenize_cmd(corpus_dir, run_name, train_hours) -> None:
+@_from_bundle_option("the tokenizer and codebook")
+def tokenize_cmd(corpus_dir, run_name, train_hours, bundle_dir) -> None:
     """Turn every split of the corpus into token ids (cached)."""
     corpus, run_dir, _ = _setup(corpus_dir, run_name)
-    from edgetok.train.fit_tokenizer import tokenize_corpus
+    from edgetok.train.fit_tokenizer import bundle_tokenizer, run_tokenizer, tokenize_corpus
 
-    tokenize_corpus(corpus, run_dir, train_hours=train_hours)
+    source = bundle_dir or run_dir
+    tokenize = bundle_tokenizer(source) if bundle_dir else run_tokenizer(source)
+    tokenize_corpus(corpus, tokenize, source, train_hours=train_hours)
 
 
 @command.command("lm")
@@ -123,12 +137,13 @@ def lm_cmd(corpus_dir, run_name, max_tokens, **loop_kwargs) -> None:
 @command.command("score")
 @_corpus_option
 @click.option("--run", "run_name", default="entropy_lm", show_default=True)
-def score_cmd(corpus_dir, run_name) -> None:
+@_from_bundle_option("the entropy LM")
+def score_cmd(corpus_dir, run_name, bundle_dir) -> None:
     """Write every split's per-token entropies (cached)."""
     corpus, run_dir, _ = _setup(corpus_dir, run_name)
-    from edgetok.train.fit_lm import score_corpus
+    from edgetok.train.fit_lm import bundle_entropy, run_entropy, score_corpus
 
-    score_corpus(corpus, run_dir)
+    score_corpus(corpus, bundle_entropy(bundle_dir) if bundle_dir else run_entropy(run_dir))
 
 
 @command.command("decoder")
@@ -145,19 +160,34 @@ def score_cmd(corpus_dir, run_name) -> None:
 @click.option("--min-len", type=int, default=1, show_default=True)
 @click.option("--max-len", type=int, default=8, show_default=True)
 @click.option("--max-positions", type=int, default=8_000, show_default=True)
+@_from_bundle_option("the codebook")
 def decoder_cmd(
-    corpus_dir, run_name, mode, target_hz, min_len, max_len, max_positions, **loop_kwargs
+    corpus_dir,
+    run_name,
+    mode,
+    target_hz,
+    min_len,
+    max_len,
+    max_positions,
+    bundle_dir,
+    **loop_kwargs,
 ) -> None:
     """Train aggregator + decoder jointly for ASR over MODE segments.
 
-    A fresh run starts the token embeddings at the tokenizer run's k-means codebook."""
+    A fresh run starts the token embeddings at the k-means codebook (the tokenizer run's,
+    or the bundle's with --from-bundle)."""
     corpus, run_dir, loop = _setup(corpus_dir, run_name or f"decoder_{mode}", **loop_kwargs)
     import numpy as np
 
     from edgetok.train.fit_decoder import train_decoder
     from edgetok.train.fit_tokenizer import CODEBOOK_FILE
 
-    codebook_path = run_dir.parent / "tokenizer" / CODEBOOK_FILE
+    if bundle_dir is not None:
+        from edgetok.bundle import load_bundle
+
+        codebook_path = load_bundle(bundle_dir).codebook_path
+    else:
+        codebook_path = run_dir.parent / "tokenizer" / CODEBOOK_FILE
 
     train_decoder(
         corpus,
@@ -184,12 +214,22 @@ def decoder_cmd(
 @click.option("--lm-run", default="entropy_lm", show_default=True)
 @click.option("--decoder-run", default="decoder_entropy", show_default=True)
 @click.option(
+    "--base",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Reuse this bundle's tokenizer, entropy LM and codebook (no tokenizer or LM run "
+    "needed); only the aggregator and decoder come from --decoder-run. It may be --out.",
+)
+@click.option("--description", default=None, help="The bundle's one-line description.")
+@click.option(
     "--sample-voice",
     default="flite_rms",
     show_default=True,
     help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
 )
-def bundle_cmd(corpus_dir, out, tokenizer_run, lm_run, decoder_run, sample_voice) -> None:
+def bundle_cmd(
+    corpus_dir, out, tokenizer_run, lm_run, decoder_run, base, description, sample_voice
+) -> None:
     """Export the trained runs as a bundle: FP32 ONNX, codebook, manifest, sample WAV."""
     corpus, runs, _ = _setup(corpus_dir, ".")
     from edgetok.train.make_bundle import make_bundle, write_sample_wav
@@ -198,11 +238,13 @@ def bundle_cmd(corpus_dir, out, tokenizer_run, lm_run, decoder_run, sample_voice
     sample = write_sample_wav(corpus, sample_voice, runs / "sample.wav")
     bundle = make_bundle(
         out,
-        tokenizer_run=runs / tokenizer_run,
-        lm_run=runs / lm_run,
+        tokenizer_run=None if base else runs / tokenizer_run,
+        lm_run=None if base else runs / lm_run,
+        base=base,
         decoder_run=runs / decoder_run,
         corpus_dir=corpus,
         sample_wav=sample,
+        **({"description": description} if description else {}),
     )
     click.echo(f"wrote {bundle.manifest_path}")
 

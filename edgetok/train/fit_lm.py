@@ -6,6 +6,7 @@ writes each split's per-token entropies (nats), the input of the segmenter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,22 +59,49 @@ def train_lm(
     run.train(batches, loss_fn, evaluate=evaluate, desc="entropy-lm")
 
 
-@torch.no_grad()
-def score_corpus(corpus_dir: Path, run_dir: Path, splits=("train", "dev", "test")) -> None:
-    """Per-token entropies of every split, saved beside the token cache (each file
-    appears whole: written aside, then renamed, so a waiting stage never reads half)."""
+#: Per-token entropies (nats) of the utterances ``idx`` of a token set, one array each.
+EntropyFn = Callable[[TokenSet, list[int]], list[np.ndarray]]
+
+
+def run_entropy(run_dir: Path) -> EntropyFn:
+    """Entropies from an LM run's torch model (batched)."""
     lm = load_lm(run_dir)
+
+    @torch.no_grad()
+    def entropy(tokens: TokenSet, idx: list[int]) -> list[np.ndarray]:
+        ids, lengths = token_batch(tokens, idx)
+        h = EntropyLM.entropy(lm(ids)).numpy()
+        return [row[:n] for row, n in zip(h, lengths.tolist(), strict=True)]
+
+    return entropy
+
+
+def bundle_entropy(bundle_dir: Path) -> EntropyFn:
+    """Entropies from a bundle's FP32 ONNX entropy LM in onnxruntime, as the device has them."""
+    from edgetok.bundle import load_bundle
+    from edgetok.stages import EntropyStage
+
+    stage = EntropyStage(load_bundle(bundle_dir).open("entropy_lm"))
+
+    def entropy(tokens: TokenSet, idx: list[int]) -> list[np.ndarray]:
+        return [stage(tokens.utterance(i).astype(np.int64)) for i in idx]
+
+    return entropy
+
+
+def score_corpus(corpus_dir: Path, entropy_of: EntropyFn, splits=("train", "dev", "test")) -> None:
+    """Per-token entropies of every split (``entropy_of`` from :func:`run_entropy` or
+    :func:`bundle_entropy`), saved beside the token cache (each file appears whole:
+    written aside, then renamed, so a waiting stage never reads half)."""
     for split in splits:
         tokens = load_tokens(corpus_dir, split)
         entropy = np.zeros(len(tokens.tokens), dtype=np.float32)
         order = np.argsort(tokens.lengths)
         for start in tqdm(range(0, len(order), 64), desc=f"entropy {split}", unit="batch"):
             idx = order[start : start + 64].tolist()
-            ids, lengths = token_batch(tokens, idx)
-            h = EntropyLM.entropy(lm(ids)).numpy()
-            for row, i in enumerate(idx):
+            for i, h in zip(idx, entropy_of(tokens, idx), strict=True):
                 begin = int(tokens.offsets[i])
-                entropy[begin : begin + int(lengths[row])] = h[row, : int(lengths[row])]
+                entropy[begin : begin + len(h)] = h
         path = entropy_path(corpus_dir, split)
         partial = path.with_name(path.name + ".partial")
         with open(partial, "wb") as f:

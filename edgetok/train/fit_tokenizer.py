@@ -9,6 +9,7 @@ clusters the ``token_layer`` features of a sample of train utterances into K cen
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -203,20 +204,50 @@ def fit_codebook(
     return codebook
 
 
+#: Token ids of the utterances ``idx`` of a feature set, one int array each.
+TokenizeFn = Callable[[FeatureSet, list[int]], list[np.ndarray]]
+
+
+def run_tokenizer(run_dir: Path) -> TokenizeFn:
+    """Tokenize with a tokenizer run's torch encoder (batched) and its codebook."""
+    encoder = load_encoder(run_dir)
+    codebook = np.load(run_dir / CODEBOOK_FILE)
+
+    def tokenize(feats: FeatureSet, idx: list[int]) -> list[np.ndarray]:
+        return [nearest_centroid(f, codebook) for f in encode_features(encoder, feats, idx)]
+
+    return tokenize
+
+
+def bundle_tokenizer(bundle_dir: Path) -> TokenizeFn:
+    """Tokenize with a bundle's FP32 ONNX tokenizer and codebook in onnxruntime, as the
+    device does: retraining the later stages needs no tokenizer checkpoint."""
+    from edgetok.bundle import load_bundle
+    from edgetok.stages import TokenizerStage
+
+    stage = TokenizerStage.from_bundle(load_bundle(bundle_dir))
+
+    def tokenize(feats: FeatureSet, idx: list[int]) -> list[np.ndarray]:
+        return [stage.from_mel(feats.utterance(i).astype(np.float32)) for i in idx]
+
+    return tokenize
+
+
 def tokenize_corpus(
     corpus_dir: Path,
-    run_dir: Path,
+    tokenize: TokenizeFn,
+    source: Path,
     splits: tuple[str, ...] = ("train", "dev", "test"),
     *,
     train_hours: float | None = None,
 ) -> None:
     """Token ids of every utterance of ``splits``, cached at :func:`tokens_path`.
 
-    ``train_hours`` keeps a deterministic random subset of the train split of about that
-    many hours (the LM and the decoder then train on it).
+    ``tokenize`` comes from :func:`run_tokenizer` or :func:`bundle_tokenizer`; ``source``
+    (the run or bundle) is recorded beside the cache. ``train_hours`` keeps a deterministic
+    random subset of the train split of about that many hours (the LM and the decoder then
+    train on it).
     """
-    encoder = load_encoder(run_dir)
-    codebook = np.load(run_dir / CODEBOOK_FILE)
     for split in splits:
         feats = load_features(corpus_dir, split)
         if split == "train" and train_hours is not None:
@@ -225,8 +256,8 @@ def tokenize_corpus(
         ids: list[np.ndarray] = [np.empty(0, dtype=np.int16)] * len(feats)
         for start in tqdm(range(0, len(order), 32), desc=f"tokenize {split}", unit="batch"):
             idx = order[start : start + 32].tolist()
-            for i, f in zip(idx, encode_features(encoder, feats, idx), strict=True):
-                ids[i] = nearest_centroid(f, codebook).astype(np.int16)
+            for i, t in zip(idx, tokenize(feats, idx), strict=True):
+                ids[i] = t.astype(np.int16)
         lengths = np.array([len(t) for t in ids], dtype=np.int64)
         path = tokens_path(corpus_dir, split)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,4 +270,4 @@ def tokenize_corpus(
             texts=np.array([r["text"] for r in feats.records]),
             voices=np.array([r["voice"] for r in feats.records]),
         )
-        (path.with_suffix(".json")).write_text(json.dumps({"codebook_run": str(run_dir)}))
+        (path.with_suffix(".json")).write_text(json.dumps({"codebook_run": str(source)}))

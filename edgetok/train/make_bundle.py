@@ -59,34 +59,74 @@ def _training_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
-def make_bundle(
-    out_dir: Path,
-    *,
-    tokenizer_run: Path,
-    lm_run: Path,
-    decoder_run: Path,
-    corpus_dir: Path,
-    name: str = "edgetok-default",
-    sample_wav: Path | None = None,
-    eval_results: dict[str, Any] | None = None,
-) -> Bundle:
-    """Export the runs into ``out_dir`` (replaced) and return the loaded bundle."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    model, compression = load_speech_to_text(decoder_run)
-    if compression.mode != "entropy":
-        raise ValueError(f"{decoder_run}: a bundle needs the entropy decoder, not {compression}")
+FRONT_ROLES = ("tokenizer", "entropy_lm")
+
+
+def _export_front(out_dir: Path, tokenizer_run: Path, lm_run: Path) -> tuple[dict, dict]:
+    """Export the tokenizer and entropy LM runs and the codebook into ``out_dir``; returns
+    the export errors and the training facts of the two runs."""
     diffs = {
         "tokenizer": export_tokenizer(
             load_encoder(tokenizer_run), out_dir / MODEL_FILES["tokenizer"]
         ),
         "entropy_lm": export_entropy_lm(load_lm(lm_run), out_dir / MODEL_FILES["entropy_lm"]),
-        "aggregator": export_aggregator(model.aggregator, out_dir / MODEL_FILES["aggregator"]),
-        "decoder": export_decoder(model.decoder, out_dir / MODEL_FILES["decoder"]),
     }
-    codebook = np.load(tokenizer_run / CODEBOOK_FILE).astype(np.float32)
-    np.save(out_dir / CODEBOOK_FILE, codebook)
+    np.save(out_dir / CODEBOOK_FILE, np.load(tokenizer_run / CODEBOOK_FILE).astype(np.float32))
+    return diffs, {
+        "tokenizer": _training_facts(tokenizer_run),
+        "entropy_lm": _training_facts(lm_run),
+    }
+
+
+def _copy_front(out_dir: Path, base: Bundle) -> tuple[dict, dict]:
+    """Copy ``base``'s tokenizer, entropy LM and codebook into ``out_dir``; returns their
+    export errors and training facts as ``base`` records them."""
+    for role in FRONT_ROLES:
+        shutil.copy(base.path_of(role), out_dir / MODEL_FILES[role])
+    shutil.copy(base.codebook_path, out_dir / CODEBOOK_FILE)
+    recorded = base.training.get("export_max_abs_diff", {})
+    diffs = {role: recorded[role] for role in FRONT_ROLES if role in recorded}
+    facts = {key: base.training[key] for key in (*FRONT_ROLES, "tokens") if key in base.training}
+    return diffs, facts
+
+
+def make_bundle(
+    out_dir: Path,
+    *,
+    decoder_run: Path,
+    corpus_dir: Path,
+    tokenizer_run: Path | None = None,
+    lm_run: Path | None = None,
+    base: Path | None = None,
+    name: str = "edgetok-default",
+    description: str = "Trained on synthetic speech (espeak-ng, flite, festival voices).",
+    sample_wav: Path | None = None,
+    eval_results: dict[str, Any] | None = None,
+) -> Bundle:
+    """Export the runs into ``out_dir`` (replaced once complete) and return the loaded
+    bundle.
+
+    With ``base`` (a bundle), its tokenizer, entropy LM and codebook are reused as they are
+    and only the aggregator and decoder come from ``decoder_run``; otherwise
+    ``tokenizer_run`` and ``lm_run`` are exported too.
+    """
+    if base is None and (tokenizer_run is None or lm_run is None):
+        raise ValueError("a bundle needs the tokenizer and LM runs, or a base bundle")
+    base_bundle = load_bundle(base) if base is not None else None
+    model, compression = load_speech_to_text(decoder_run)
+    if compression.mode != "entropy":
+        raise ValueError(f"{decoder_run}: a bundle needs the entropy decoder, not {compression}")
+    final_dir, out_dir = out_dir, out_dir.with_name(f".{out_dir.name}.building")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    if base_bundle is not None:
+        diffs, facts = _copy_front(out_dir, base_bundle)
+    else:
+        diffs, facts = _export_front(out_dir, tokenizer_run, lm_run)
+    diffs["aggregator"] = export_aggregator(model.aggregator, out_dir / MODEL_FILES["aggregator"])
+    diffs["decoder"] = export_decoder(model.decoder, out_dir / MODEL_FILES["decoder"])
+    codebook = np.load(out_dir / CODEBOOK_FILE)
     if sample_wav is not None:
         shutil.copy(sample_wav, out_dir / "sample.wav")
 
@@ -99,7 +139,7 @@ def make_bundle(
         meta=BundleMeta(
             name=name,
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            description="Trained on synthetic speech (espeak-ng, flite, festival voices).",
+            description=description,
         ),
         audio=AudioSection(sample_rate=frontend.sample_rate),
         frontend=FrontendSection.of_recipe(frontend),
@@ -123,15 +163,17 @@ def make_bundle(
                 "seed": int(corpus_info["seed"]),
                 "hours": {k: float(v) for k, v in corpus_info["hours"].items()},
             },
-            "tokenizer": _training_facts(tokenizer_run),
-            "entropy_lm": _training_facts(lm_run),
+            **facts,
             "decoder": _training_facts(decoder_run),
             "export_max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         },
         eval=eval_results or {},
     )
     write_bundle(bundle, out_dir)
-    return load_bundle(out_dir)
+    if final_dir.exists():  # the base may be the bundle being replaced: read it first
+        shutil.rmtree(final_dir)
+    out_dir.rename(final_dir)
+    return load_bundle(final_dir)
 
 
 def write_sample_wav(corpus_dir: Path, voice: str, out: Path) -> Path:
