@@ -82,3 +82,13 @@ def test_pad_stack() -> None:
     out, lengths = pad_stack([np.array([1, 2, 3]), np.array([4])], pad_value=-1)
     assert out.tolist() == [[1, 2, 3], [4, -1, -1]]
     assert lengths.tolist() == [3, 1]
+
+
+def test_bf16_autocast_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetok.train.loop as loop
+
+    for native in (True, False):
+        monkeypatch.setattr(loop, "native_bf16", lambda native=native: native)
+        assert LoopConfig().use_bf16 is native
+        assert LoopConfig(bf16=False).use_bf16 is False
+        assert LoopConfig(bf16=True).use_bf16 is True
