@@ -84,7 +84,7 @@ def bundle_entropy(bundle_dir: Path) -> EntropyFn:
     stage = EntropyStage(load_bundle(bundle_dir).open("entropy_lm"))
 
     def entropy(tokens: TokenSet, idx: list[int]) -> list[np.ndarray]:
-        return [stage(tokens.utterance(i).astype(np.int64)) for i in idx]
+        return [stage(tokens.utterance(i)) for i in idx]
 
     return entropy
 

@@ -228,7 +228,7 @@ def bundle_tokenizer(bundle_dir: Path) -> TokenizeFn:
     stage = TokenizerStage.from_bundle(load_bundle(bundle_dir))
 
     def tokenize(feats: FeatureSet, idx: list[int]) -> list[np.ndarray]:
-        return [stage.from_mel(feats.utterance(i).astype(np.float32)) for i in idx]
+        return [stage.from_mel(feats.utterance(i)) for i in idx]
 
     return tokenize
 

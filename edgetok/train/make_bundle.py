@@ -116,23 +116,23 @@ def make_bundle(
     model, compression = load_speech_to_text(decoder_run)
     if compression.mode != "entropy":
         raise ValueError(f"{decoder_run}: a bundle needs the entropy decoder, not {compression}")
-    final_dir, out_dir = out_dir, out_dir.with_name(f".{out_dir.name}.building")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    staging = out_dir.with_name(f".{out_dir.name}.building")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
     if base_bundle is not None:
-        diffs, facts = _copy_front(out_dir, base_bundle)
+        diffs, facts = _copy_front(staging, base_bundle)
     else:
-        diffs, facts = _export_front(out_dir, tokenizer_run, lm_run)
-    diffs["aggregator"] = export_aggregator(model.aggregator, out_dir / MODEL_FILES["aggregator"])
-    diffs["decoder"] = export_decoder(model.decoder, out_dir / MODEL_FILES["decoder"])
-    codebook = np.load(out_dir / CODEBOOK_FILE)
+        diffs, facts = _export_front(staging, tokenizer_run, lm_run)
+    diffs["aggregator"] = export_aggregator(model.aggregator, staging / MODEL_FILES["aggregator"])
+    diffs["decoder"] = export_decoder(model.decoder, staging / MODEL_FILES["decoder"])
+    codebook = np.load(staging / CODEBOOK_FILE)
     if sample_wav is not None:
-        shutil.copy(sample_wav, out_dir / "sample.wav")
+        shutil.copy(sample_wav, staging / "sample.wav")
 
     models = {}
     for role, file in MODEL_FILES.items():
-        models[role] = ModelEntry.fp32_onnx(out_dir / file)
+        models[role] = ModelEntry.fp32_onnx(staging / file)
     frontend = FrontendConfig()
     corpus_info = json.loads((corpus_dir / "corpus.json").read_text())
     bundle = Bundle(
@@ -147,7 +147,7 @@ def make_bundle(
             rate_hz=TOKEN_RATE_HZ,
             vocab_size=int(codebook.shape[0]),
             codebook_file=CODEBOOK_FILE,
-            codebook_sha256=sha256_file(out_dir / CODEBOOK_FILE),
+            codebook_sha256=sha256_file(staging / CODEBOOK_FILE),
         ),
         segmenter=SegmenterSection(
             global_threshold=compression.global_threshold,
@@ -169,11 +169,11 @@ def make_bundle(
         },
         eval=eval_results or {},
     )
-    write_bundle(bundle, out_dir)
-    if final_dir.exists():  # the base may be the bundle being replaced: read it first
-        shutil.rmtree(final_dir)
-    out_dir.rename(final_dir)
-    return load_bundle(final_dir)
+    write_bundle(bundle, staging)
+    if out_dir.exists():  # the base may be the bundle being replaced: read it first
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return load_bundle(out_dir)
 
 
 def write_sample_wav(corpus_dir: Path, voice: str, out: Path) -> Path:
