@@ -92,7 +92,7 @@ def plot(
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("entropy (nats)")
     bottom.set_xlim(0.0, transcript.duration_s)
-    bottom.legend(loc="upper right", fontsize=8)
+    bottom.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, fontsize=8, frameon=False)
     text = textwrap.shorten(transcript.text or "(empty)", 300, placeholder=" ...")
     fig.suptitle(
         f"{transcript.tokens_per_s:.1f} tokens/s -> {transcript.segments_per_s:.1f} segments/s\n"
