@@ -148,13 +148,14 @@ class TrainingRun:
         deadline = None if cfg.max_minutes is None else time.time() + 60 * cfg.max_minutes
         self.model.train()
         running: dict[str, float] = {}
+        bf16 = cfg.use_bf16
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step")
         try:
             while not self.finished:
                 if deadline is not None and time.time() > deadline:
                     bar.write(f"{desc}: time budget reached at step {self.step}")
                     break
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.use_bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss, metrics = loss_fn(next(batches))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
