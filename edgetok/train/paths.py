@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from edgetok.cache import cache_dir
 
-def cache_dir() -> Path:
-    """``$EDGETOK_CACHE`` or ``~/.cache/edgetok``."""
-    return Path(os.environ.get("EDGETOK_CACHE", Path.home() / ".cache" / "edgetok"))
+__all__ = ["cache_dir", "features_dir", "runs_dir"]
 
 
 def features_dir(corpus_dir: Path, split: str) -> Path:
