@@ -6,7 +6,7 @@ and an unknown key is an error that names it and its table::
     [bundle]            name, schema_version, created (ISO 8601 string),
                         description = "", target = "default"
     [audio]             sample_rate (Hz)
-    [frontend]          n_fft, win_length, hop_length, n_mels, f_min, f_max, log_floor
+    [frontend]          n_fft, win_length, hop_length, n_mels, f_min, f_max, log_floor, mel_scale
     [tokens]            rate_hz, vocab_size (K), codebook_file, codebook_sha256
     [segmenter]         global_threshold (optional), relative_threshold (optional),
                         min_len, max_len (tokens), target_hz
@@ -210,17 +210,25 @@ class FrontendSection(_Section):
     f_min: float
     f_max: float
     log_floor: float
+    mel_scale: str | None = None
+    """``slaney`` (Whisper's filters); absent: ``htk`` (the v1 bundles)."""
 
     @classmethod
     def of_recipe(cls, recipe: Any) -> FrontendSection:
         """The section recording ``recipe`` (an ``edgetok.frontend.FrontendConfig``)."""
-        return cls(**{f.name: getattr(recipe, f.name) for f in fields(cls)})
+        values = {f.name: getattr(recipe, f.name) for f in fields(cls)}
+        if values["mel_scale"] == "htk":
+            values["mel_scale"] = None
+        return cls(**values)
 
     def _validate(self, section: str) -> None:
         self._positive(section, "n_fft", "win_length", "hop_length", "n_mels", "log_floor")
         self._require(self.win_length <= self.n_fft, section, "win_length", "must be <= n_fft")
         self._require(self.f_min >= 0, section, "f_min", "must be >= 0")
         self._require(self.f_max > self.f_min, section, "f_max", "must be > f_min")
+        self._require(
+            self.mel_scale in (None, "htk", "slaney"), section, "mel_scale", "must be htk or slaney"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

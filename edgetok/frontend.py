@@ -1,8 +1,9 @@
 """Log-mel frontend in numpy: the one recipe, shared with training (docs/architecture.md).
 
 Frame ``i`` covers samples ``[hop * i, hop * i + n_fft)`` (no centering), windowed with a
-periodic Hann window; power spectrum ``|rfft|^2``; HTK triangular mel filters without area
-normalisation; ``log(max(mel, log_floor))``.
+periodic Hann window; power spectrum ``|rfft|^2``; triangular mel filters, either HTK's
+(peak 1, no area normalisation; the v1 models) or Slaney's (librosa's default mel scale
+and area normalisation, as Whisper's frontend uses); ``log(max(mel, log_floor))``.
 
 Arithmetic runs in float64 and the result is cast to float32 once at the end. float64
 keeps this the reference that the float32 torch version (``edgetok.train.features``) is
@@ -39,8 +40,12 @@ class FrontendConfig:
     f_min: float = 20.0
     f_max: float = 8000.0
     log_floor: float = 1e-10
+    mel_scale: str = "htk"
+    """``"htk"`` (peak-1 filters) or ``"slaney"`` (area-normalised, Whisper's)."""
 
     def __post_init__(self) -> None:
+        if self.mel_scale not in MEL_SCALES:
+            raise ValueError(f"mel_scale must be one of {MEL_SCALES}, got {self.mel_scale!r}")
         if not 0 < self.win_length <= self.n_fft:
             raise ValueError(f"win_length must be in (0, n_fft], got {self.win_length}")
         if self.hop_length <= 0 or self.n_mels <= 0 or self.sample_rate <= 0:
@@ -53,12 +58,29 @@ class FrontendConfig:
             raise ValueError(f"log_floor must be positive, got {self.log_floor}")
 
 
-def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+#: The mel scales ``FrontendConfig.mel_scale`` accepts.
+MEL_SCALES = ("htk", "slaney")
+# Slaney's scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+_SLANEY_STEP = 200.0 / 3.0
+_SLANEY_LOG_HZ = 1000.0
+_SLANEY_LOG_STEP = np.log(6.4) / 27.0
 
 
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+def _hz_to_mel(f: np.ndarray | float, scale: str) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    log_mel0 = _SLANEY_LOG_HZ / _SLANEY_STEP
+    above = log_mel0 + np.log(np.maximum(f, _SLANEY_LOG_HZ) / _SLANEY_LOG_HZ) / _SLANEY_LOG_STEP
+    return np.where(f >= _SLANEY_LOG_HZ, above, f / _SLANEY_STEP)
+
+
+def _mel_to_hz(m: np.ndarray, scale: str) -> np.ndarray:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    log_mel0 = _SLANEY_LOG_HZ / _SLANEY_STEP
+    above = _SLANEY_LOG_HZ * np.exp(_SLANEY_LOG_STEP * (m - log_mel0))
+    return np.where(m >= log_mel0, above, m * _SLANEY_STEP)
 
 
 @lru_cache(maxsize=8)
@@ -71,13 +93,16 @@ def _tables(cfg: FrontendConfig) -> tuple[np.ndarray, np.ndarray]:
     window[left : left + cfg.win_length] = win
 
     freqs = np.linspace(0.0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
-    mels = np.linspace(_hz_to_mel(cfg.f_min), _hz_to_mel(cfg.f_max), cfg.n_mels + 2)
-    f_pts = _mel_to_hz(mels)
+    scale = cfg.mel_scale
+    mels = np.linspace(_hz_to_mel(cfg.f_min, scale), _hz_to_mel(cfg.f_max, scale), cfg.n_mels + 2)
+    f_pts = _mel_to_hz(mels, scale)
     f_diff = np.diff(f_pts)
     slopes = f_pts[None, :] - freqs[:, None]
     down = -slopes[:, :-2] / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
     fbank = np.maximum(0.0, np.minimum(down, up))
+    if scale == "slaney":  # equal area: each filter scaled by 2 / its bandwidth
+        fbank *= 2.0 / (f_pts[2:] - f_pts[:-2])
 
     window.flags.writeable = False
     fbank.flags.writeable = False
@@ -90,7 +115,7 @@ def hann_window(cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
 
 
 def mel_filterbank(cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
-    """HTK triangular mel filters, peak 1, no area normalisation: float32 [n_fft//2+1, n_mels]."""
+    """Triangular mel filters (``cfg.mel_scale``): float32 [n_fft//2+1, n_mels]."""
     return _tables(cfg)[1].astype(np.float32)
 
 

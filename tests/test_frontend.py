@@ -155,3 +155,13 @@ def test_bad_config() -> None:
 def test_frontend_never_imports_torch() -> None:
     code = "import sys; sys.modules['torch'] = None; import edgetok.frontend"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slaney_filterbank_is_whispers() -> None:
+    """Slaney filters from 0 to 8 kHz are the ones Whisper's feature extractor uses."""
+    extractor = pytest.importorskip("faster_whisper.feature_extractor")
+    ref = extractor.FeatureExtractor.get_mel_filters(16000, 400, n_mels=80)
+    ours = mel_filterbank(FrontendConfig(f_min=0.0, mel_scale="slaney"))
+    np.testing.assert_allclose(ours, ref.T, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="mel_scale"):
+        FrontendConfig(mel_scale="bark")
