@@ -76,6 +76,7 @@ def command() -> None:
     """Train the default models, stage by stage; every stage resumes where it stopped.
 
     Order: tokenizer -> codebook -> tokenize -> lm -> score -> decoder (per mode).
+    v2 (pretrained Whisper tiny.en encoder): whisper-features -> semantic.
     Checkpoints and caches live under $EDGETOK_CACHE (default ~/.cache/edgetok).
     """
 
@@ -90,6 +91,33 @@ def tokenizer_cmd(corpus_dir, run_name, max_frames, **loop_kwargs) -> None:
     from edgetok.train.fit_tokenizer import train_tokenizer
 
     train_tokenizer(corpus, run_dir, loop, max_frames=max_frames)
+
+
+@command.command("whisper-features")
+@_corpus_option
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="train")
+@click.option("--hours", type=float, default=None, help="A random subset of this many hours.")
+@click.option("--threads", type=int, default=2, show_default=True)
+def whisper_features_cmd(corpus_dir, split, hours, threads) -> None:
+    """Cache the frozen Whisper tiny.en encoder's features of a split (float16, resumable)."""
+    corpus, _, _ = _setup(corpus_dir, ".")
+    from edgetok.train.fit_semantic import whisper_features
+
+    feats = whisper_features(corpus, split, hours, threads)
+    click.echo(f"{split}: {len(feats)} utterances, {int(feats.lengths.sum())} frames")
+
+
+@command.command("semantic")
+@_corpus_option
+@_loop_options
+@click.option("--train-hours", type=float, default=12.0, show_default=True)
+@click.option("--max-frames", type=int, default=6000, show_default=True, help="Frames/batch.")
+def semantic_cmd(corpus_dir, run_name, train_hours, max_frames, **loop_kwargs) -> None:
+    """Train the v2 tokenizer bottleneck (FSQ, character CTC) on Whisper encoder features."""
+    corpus, run_dir, loop = _setup(corpus_dir, run_name or "semantic", **loop_kwargs)
+    from edgetok.train.fit_semantic import train_semantic
+
+    train_semantic(corpus, run_dir, loop, train_hours=train_hours, max_frames=max_frames)
 
 
 @command.command("codebook")

@@ -1,0 +1,115 @@
+"""Stage 1 of v2: Whisper encoder features (cached) -> FSQ bottleneck trained with CTC.
+
+``whisper_feature_dir`` names the cache of a split; ``train_semantic`` trains (or resumes)
+the ``SemanticBottleneck`` on it and reports, on the dev split, the greedy CTC character
+error rate through the quantized tokens and how many of the codes are in use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetok.pretrained import whisper_dir
+from edgetok.train.batching import bucketed_batches, pad_stack
+from edgetok.train.fit_tokenizer import character_error_rate, ctc_greedy
+from edgetok.train.loop import LoopConfig, TrainingRun
+from edgetok.train.paths import cache_dir
+from edgetok.train.semantic import BottleneckConfig, SemanticBottleneck
+from edgetok.train.text import decode_ids, encode_text
+from edgetok.train.whisper import load_whisper
+from edgetok.train.whisper_features import EncoderFeatures, build_encoder_cache
+
+__all__ = ["whisper_features", "train_semantic"]
+
+#: The pretrained model under the v2 tokenizer.
+ENCODER = "tiny.en"
+#: Train hours encoded for the bottleneck (the decoder stage encodes the rest later).
+DEFAULT_TRAIN_HOURS = 12.0
+
+
+def whisper_feature_dir(corpus_dir: Path, split: str, hours: float | None) -> Path:
+    suffix = "" if hours is None else f"-{hours:g}h"
+    return cache_dir() / "whisper-features" / ENCODER / corpus_dir.name / f"{split}{suffix}"
+
+
+def whisper_features(
+    corpus_dir: Path, split: str, hours: float | None = None, threads: int = 2
+) -> EncoderFeatures:
+    """The split's cached encoder features (built on first use, resumable)."""
+    torch.set_num_threads(threads)
+    encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
+    out = whisper_feature_dir(corpus_dir, split, hours)
+    return build_encoder_cache(corpus_dir, split, out, encoder, hours=hours)
+
+
+def feature_batch(feats: EncoderFeatures, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded features [B, T, D] and lengths [B]."""
+    x, lengths = pad_stack([feats.utterance(i) for i in idx])
+    return torch.from_numpy(x), torch.from_numpy(lengths)
+
+
+def _time_mask(x: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Zero two random spans of up to 10 frames per utterance (SpecAugment in time)."""
+    x = x.clone()
+    for row, n in enumerate(lengths.tolist()):
+        for _ in range(2):
+            width = int(torch.randint(0, 11, (1,), generator=gen))
+            start = int(torch.randint(0, max(1, n - width), (1,), generator=gen))
+            x[row, start : start + width] = 0
+    return x
+
+
+def train_semantic(
+    corpus_dir: Path,
+    run_dir: Path,
+    loop: LoopConfig,
+    *,
+    cfg: BottleneckConfig | None = None,
+    train_hours: float = DEFAULT_TRAIN_HOURS,
+    max_frames: int = 6000,
+    dev_utterances: int = 300,
+) -> SemanticBottleneck:
+    """Train (or resume) the FSQ bottleneck with CTC on frozen Whisper features."""
+    dev = whisper_features(corpus_dir, "dev", threads=loop.threads)
+    train = whisper_features(corpus_dir, "train", train_hours, threads=loop.threads)
+    model = SemanticBottleneck(cfg or BottleneckConfig())
+    run = TrainingRun(run_dir, model, loop)
+    targets = [np.asarray(encode_text(r["text"]), dtype=np.int64) for r in train.records]
+    gen = torch.Generator().manual_seed(loop.seed + run.step)
+
+    def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        x, lengths = feature_batch(train, idx)
+        text, text_lengths = pad_stack([targets[i] for i in idx])
+        loss, _ = model.ctc_loss(
+            _time_mask(x, lengths, gen),
+            lengths,
+            torch.from_numpy(text),
+            torch.from_numpy(text_lengths),
+        )
+        return loss, {"frames": float(lengths.sum())}
+
+    dev_idx = list(range(min(dev_utterances, len(dev))))
+
+    def evaluate() -> dict[str, float]:
+        refs, hyps, used = [], [], []
+        for start in range(0, len(dev_idx), 32):
+            idx = dev_idx[start : start + 32]
+            x, lengths = feature_batch(dev, idx)
+            out = model(x, lengths)
+            hyps += [decode_ids(h) for h in ctc_greedy(out["ctc_logits"], lengths)]
+            refs += [dev.records[i]["text"] for i in idx]
+            used += [ids[:n] for ids, n in zip(out["ids"], lengths.tolist(), strict=True)]
+        counts = np.bincount(torch.cat(used).numpy(), minlength=model.fsq.size)
+        p = counts[counts > 0] / counts.sum()
+        return {
+            "dev_cer": character_error_rate(refs, hyps),
+            "codes_used": float((counts > 0).sum()),
+            "code_perplexity": float(np.exp(-(p * np.log(p)).sum())),
+        }
+
+    batches = bucketed_batches(train.lengths, max_frames=max_frames, seed=loop.seed + run.step)
+    run.train(batches, loss_fn, evaluate=evaluate, desc="semantic tokenizer")
+    return model
