@@ -53,6 +53,17 @@ def _from_bundle_option(what: str):
     )
 
 
+def _tokens_option(f):
+    return click.option(
+        "--tokens",
+        type=click.Choice(["v1", "v2"]),
+        default="v1",
+        show_default=True,
+        help="Token set: v1 (k-means on the from-scratch tokenizer) or v2 (FSQ on Whisper "
+        "tiny.en, `train semantic-tokenize`).",
+    )(f)
+
+
 def _setup(corpus_dir: Path | None, run_name: str, **loop_kwargs):
     try:
         from edgetok.train.loop import LoopConfig
@@ -120,6 +131,42 @@ def semantic_cmd(corpus_dir, run_name, train_hours, max_frames, **loop_kwargs) -
     train_semantic(corpus, run_dir, loop, train_hours=train_hours, max_frames=max_frames)
 
 
+@command.command("semantic-tokenize")
+@_corpus_option
+@click.option("--run", "run_name", default="semantic", show_default=True)
+@click.option("--train-hours", type=float, default=12.0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+def semantic_tokenize_cmd(corpus_dir, run_name, train_hours, threads) -> None:
+    """Turn every split into v2 token ids with a semantic run (cached; --tokens v2)."""
+    corpus, run_dir, _ = _setup(corpus_dir, run_name)
+    from edgetok.train.fit_semantic import tokenize_semantic_corpus
+
+    tokenize_semantic_corpus(corpus, run_dir, train_hours=train_hours, threads=threads)
+
+
+@command.command("semantic-probe")
+@click.argument("manifest", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--human", is_flag=True, help="Probe the human-speech set (edgetok eval --human).")
+@click.option("--run", "run_name", default="semantic", show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+def semantic_probe_cmd(manifest, human, run_name, threads) -> None:
+    """Greedy CTC WER/CER through a semantic run's quantized tokens on MANIFEST."""
+    import json
+
+    from edgetok.cache import cache_dir
+    from edgetok.train.fit_semantic import probe_manifest
+    from edgetok.train.paths import runs_dir
+
+    if human == (manifest is not None):
+        raise click.UsageError("give a MANIFEST or --human (not both)")
+    if human:
+        from edgetok.humanset import build_human_set
+
+        manifest = cache_dir() / "human" / "manifest.jsonl"
+        build_human_set(manifest)
+    click.echo(json.dumps(probe_manifest(runs_dir() / run_name, manifest, threads), indent=1))
+
+
 @command.command("codebook")
 @_corpus_option
 @click.option("--run", "run_name", default="tokenizer", show_default=True)
@@ -154,24 +201,28 @@ def tokenize_cmd(corpus_dir, run_name, train_hours, bundle_dir) -> None:
 @_corpus_option
 @_loop_options
 @click.option("--max-tokens", type=int, default=16_000, show_default=True, help="Tokens/batch.")
-def lm_cmd(corpus_dir, run_name, max_tokens, **loop_kwargs) -> None:
+@_tokens_option
+def lm_cmd(corpus_dir, run_name, max_tokens, tokens, **loop_kwargs) -> None:
     """Train the causal entropy LM on the train split's tokens."""
-    corpus, run_dir, loop = _setup(corpus_dir, run_name or "entropy_lm", **loop_kwargs)
+    default_run = "entropy_lm" if tokens == "v1" else f"entropy_lm_{tokens}"
+    corpus, run_dir, loop = _setup(corpus_dir, run_name or default_run, **loop_kwargs)
     from edgetok.train.fit_lm import train_lm
 
-    train_lm(corpus, run_dir, loop, max_tokens=max_tokens)
+    train_lm(corpus, run_dir, loop, max_tokens=max_tokens, tokenizer=tokens)
 
 
 @command.command("score")
 @_corpus_option
 @click.option("--run", "run_name", default="entropy_lm", show_default=True)
 @_from_bundle_option("the entropy LM")
-def score_cmd(corpus_dir, run_name, bundle_dir) -> None:
+@_tokens_option
+def score_cmd(corpus_dir, run_name, bundle_dir, tokens) -> None:
     """Write every split's per-token entropies (cached)."""
     corpus, run_dir, _ = _setup(corpus_dir, run_name)
     from edgetok.train.fit_lm import bundle_entropy, run_entropy, score_corpus
 
-    score_corpus(corpus, bundle_entropy(bundle_dir) if bundle_dir else run_entropy(run_dir))
+    entropy = bundle_entropy(bundle_dir) if bundle_dir else run_entropy(run_dir)
+    score_corpus(corpus, entropy, tokenizer=tokens)
 
 
 @command.command("decoder")
@@ -227,6 +278,41 @@ def decoder_cmd(
         max_len=max_len,
         max_positions=max_positions,
         codebook=np.load(codebook_path) if codebook_path.exists() else None,
+    )
+
+
+@command.command("whisper-decoder")
+@_corpus_option
+@_loop_options
+@click.option(
+    "--mode",
+    type=click.Choice(["entropy", "fixed", "dense"]),
+    default="entropy",
+    show_default=True,
+    help="Entropy segments, fixed-rate pooling at the same rate, or dense 50 Hz tokens.",
+)
+@click.option("--target-hz", type=float, default=15.0, show_default=True)
+@click.option("--min-len", type=int, default=2, show_default=True)
+@click.option("--max-len", type=int, default=8, show_default=True)
+@click.option("--max-positions", type=int, default=6_000, show_default=True)
+def whisper_decoder_cmd(
+    corpus_dir, run_name, mode, target_hz, min_len, max_len, max_positions, **loop_kwargs
+) -> None:
+    """v2: train the aggregator and fine-tune the pretrained Whisper tiny.en decoder over
+    MODE segments of the v2 tokens (after semantic-tokenize, lm --tokens v2, score)."""
+    name = run_name or f"whisper_decoder_{mode}"
+    corpus, run_dir, loop = _setup(corpus_dir, name, **loop_kwargs)
+    from edgetok.train.fit_whisper_decoder import train_whisper_decoder
+
+    train_whisper_decoder(
+        corpus,
+        run_dir,
+        loop,
+        mode=mode,
+        target_hz=target_hz,
+        min_len=min_len,
+        max_len=max_len,
+        max_positions=max_positions,
     )
 
 

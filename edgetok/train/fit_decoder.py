@@ -8,6 +8,7 @@ pooling at the same rate, and dense 50 Hz tokens (segments of one token).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,13 @@ def solve_compression(
     )
 
 
+def _character_target(text: str) -> np.ndarray:
+    return np.array([BOS, *encode_text(text), EOS], dtype=np.int64)
+
+
 @dataclass
 class SegmentedSet:
-    """Every utterance's padded segments [S_i, L] + masks, and its target character ids."""
+    """Every utterance's padded segments [S_i, L] + masks, and its target ids."""
 
     segments: list[np.ndarray]
     masks: list[np.ndarray]
@@ -90,7 +95,14 @@ class SegmentedSet:
     voices: list[str]
 
     @classmethod
-    def build(cls, tokens: TokenSet, compression: Compression) -> SegmentedSet:
+    def build(
+        cls,
+        tokens: TokenSet,
+        compression: Compression,
+        encode: Callable[[str], np.ndarray] | None = None,
+    ) -> SegmentedSet:
+        """Segments of every utterance and its targets: ``encode(text)`` (default: BOS,
+        characters, EOS)."""
         segments, masks = [], []
         for i in range(len(tokens)):
             ids = tokens.utterance(i)
@@ -100,7 +112,8 @@ class SegmentedSet:
             )
             segments.append(padded.astype(np.int16))
             masks.append(mask)
-        targets = [np.array([BOS, *encode_text(t), EOS], dtype=np.int64) for t in tokens.texts]
+        encode = encode or _character_target
+        targets = [encode(t) for t in tokens.texts]
         return cls(segments, masks, targets, list(tokens.texts), list(tokens.voices))
 
     def lengths(self) -> np.ndarray:

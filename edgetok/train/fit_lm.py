@@ -6,6 +6,7 @@ writes each split's per-token entropies (nats), the input of the segmenter.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from tqdm import tqdm
 
 from edgetok.train.batching import bucketed_batches, pad_stack
 from edgetok.train.loop import LoopConfig, TrainingRun
-from edgetok.train.models import EntropyLM
-from edgetok.train.tokenset import TokenSet, entropy_path, load_tokens
+from edgetok.train.models import CODEBOOK_SIZE, EntropyLM, EntropyLMConfig
+from edgetok.train.tokenset import TokenSet, entropy_path, load_tokens, tokens_path
 
 
 def token_batch(tokens: TokenSet, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,19 +27,25 @@ def token_batch(tokens: TokenSet, idx: list[int]) -> tuple[torch.Tensor, torch.T
 
 
 def load_lm(run_dir: Path) -> EntropyLM:
-    """The LM of a run, in eval mode."""
-    lm = EntropyLM()
-    lm.load_state_dict(torch.load(run_dir / "last.pt", map_location="cpu")["model"])
+    """The LM of a run (its vocabulary read from the weights), in eval mode."""
+    state = torch.load(run_dir / "last.pt", map_location="cpu")["model"]
+    lm = EntropyLM(EntropyLMConfig(vocab_size=state["head.weight"].shape[0]))
+    lm.load_state_dict(state)
     return lm.eval()
 
 
 def train_lm(
-    corpus_dir: Path, run_dir: Path, loop: LoopConfig, *, max_tokens: int = 16_000
+    corpus_dir: Path,
+    run_dir: Path,
+    loop: LoopConfig,
+    *,
+    max_tokens: int = 16_000,
+    tokenizer: str = "v1",
 ) -> None:
-    """Train (or resume) the entropy LM in ``run_dir``."""
-    train = load_tokens(corpus_dir, "train")
-    dev = load_tokens(corpus_dir, "dev")
-    lm = EntropyLM()
+    """Train (or resume) the entropy LM in ``run_dir`` on the ``tokenizer`` token set."""
+    train = load_tokens(corpus_dir, "train", tokenizer)
+    dev = load_tokens(corpus_dir, "dev", tokenizer)
+    lm = EntropyLM(EntropyLMConfig(vocab_size=token_vocab(corpus_dir, tokenizer)))
     run = TrainingRun(run_dir, lm, loop)
 
     def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -57,6 +64,12 @@ def train_lm(
 
     batches = bucketed_batches(train.lengths, max_frames=max_tokens, seed=loop.seed + run.step)
     run.train(batches, loss_fn, evaluate=evaluate, desc="entropy-lm")
+
+
+def token_vocab(corpus_dir: Path, tokenizer: str) -> int:
+    """Vocabulary size of a token set (v1 caches predate the record: the k-means K)."""
+    meta = tokens_path(corpus_dir, "train", tokenizer).with_suffix(".json")
+    return int(json.loads(meta.read_text()).get("vocab_size", CODEBOOK_SIZE))
 
 
 #: Per-token entropies (nats) of the utterances ``idx`` of a token set, one array each.
@@ -89,12 +102,17 @@ def bundle_entropy(bundle_dir: Path) -> EntropyFn:
     return entropy
 
 
-def score_corpus(corpus_dir: Path, entropy_of: EntropyFn, splits=("train", "dev", "test")) -> None:
+def score_corpus(
+    corpus_dir: Path,
+    entropy_of: EntropyFn,
+    splits=("train", "dev", "test"),
+    tokenizer: str = "v1",
+) -> None:
     """Per-token entropies of every split (``entropy_of`` from :func:`run_entropy` or
     :func:`bundle_entropy`), saved beside the token cache (each file appears whole:
     written aside, then renamed, so a waiting stage never reads half)."""
     for split in splits:
-        tokens = load_tokens(corpus_dir, split)
+        tokens = load_tokens(corpus_dir, split, tokenizer)
         entropy = np.zeros(len(tokens.tokens), dtype=np.float32)
         order = np.argsort(tokens.lengths)
         for start in tqdm(range(0, len(order), 64), desc=f"entropy {split}", unit="batch"):
@@ -102,7 +120,7 @@ def score_corpus(corpus_dir: Path, entropy_of: EntropyFn, splits=("train", "dev"
             for i, h in zip(idx, entropy_of(tokens, idx), strict=True):
                 begin = int(tokens.offsets[i])
                 entropy[begin : begin + len(h)] = h
-        path = entropy_path(corpus_dir, split)
+        path = entropy_path(corpus_dir, split, tokenizer)
         partial = path.with_name(path.name + ".partial")
         with open(partial, "wb") as f:
             np.save(f, entropy)

@@ -113,3 +113,81 @@ def train_semantic(
     batches = bucketed_batches(train.lengths, max_frames=max_frames, seed=loop.seed + run.step)
     run.train(batches, loss_fn, evaluate=evaluate, desc="semantic tokenizer")
     return model
+
+
+def load_semantic(run_dir: Path) -> SemanticBottleneck:
+    """The bottleneck of a semantic run, in eval mode."""
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    model = SemanticBottleneck(BottleneckConfig())
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def probe_manifest(run_dir: Path, manifest: Path, threads: int = 2) -> dict[str, dict]:
+    """Greedy CTC transcripts through the quantized tokens of ``run_dir`` on any manifest
+    (audio files, e.g. the human set): WER and CER per voice and overall. A probe of what
+    the tokens keep, not the kit's transcript (that is the decoder's)."""
+    import jiwer
+
+    from edgetok.audio import load_audio
+    from edgetok.evaluate import normalize, read_manifest
+    from edgetok.frontend import log_mel
+    from edgetok.train.whisper_features import WHISPER_FRONTEND, WhisperInput
+
+    torch.set_num_threads(threads)
+    encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
+    model, scale = load_semantic(run_dir), WhisperInput()
+    pairs: dict[str, tuple[list[str], list[str]]] = {}
+    for utt in read_manifest(manifest):
+        mel = log_mel(load_audio(utt.path, WHISPER_FRONTEND.sample_rate), WHISPER_FRONTEND)
+        feats = encoder(scale(torch.from_numpy(mel)[None]))
+        out = model(feats, torch.tensor([feats.shape[1]]))
+        hyp = decode_ids(ctc_greedy(out["ctc_logits"], torch.tensor([feats.shape[1]]))[0])
+        for key in (utt.voice, "all"):
+            refs, hyps = pairs.setdefault(key, ([], []))
+            refs.append(normalize(utt.text))
+            hyps.append(normalize(hyp))
+    return {
+        key: {
+            "utterances": len(refs),
+            "wer": float(jiwer.wer(refs, hyps)),
+            "cer": float(jiwer.cer(refs, hyps)),
+        }
+        for key, (refs, hyps) in pairs.items()
+    }
+
+
+@torch.no_grad()
+def tokenize_semantic_corpus(
+    corpus_dir: Path,
+    run_dir: Path,
+    splits: tuple[str, ...] = ("train", "dev", "test"),
+    *,
+    train_hours: float | None = DEFAULT_TRAIN_HOURS,
+    threads: int = 2,
+) -> None:
+    """The v2 token ids of every split, from the cached encoder features and the run's
+    bottleneck (the device computes the same: bounded codes -> nearest grid point)."""
+    from tqdm import tqdm
+
+    from edgetok.codebook import nearest_centroid
+    from edgetok.train.tokenset import save_tokens, tokens_path
+
+    model = load_semantic(run_dir)
+    codebook = model.fsq.codebook()
+    for split in splits:
+        feats = whisper_features(
+            corpus_dir, split, train_hours if split == "train" else None, threads
+        )
+        order = np.argsort(feats.lengths)
+        ids: list[np.ndarray] = [np.empty(0, np.int16)] * len(feats)
+        for start in tqdm(range(0, len(order), 32), desc=f"tokenize {split}", unit="batch"):
+            idx = order[start : start + 32].tolist()
+            x, lengths = feature_batch(feats, idx)
+            mask = (torch.arange(x.shape[1])[None] < lengths[:, None])[:, None, None]
+            bounded = model.bounded(x, mask).numpy()
+            for row, i in enumerate(idx):
+                ids[i] = nearest_centroid(bounded[row, : int(lengths[row])], codebook)
+        meta = {"semantic_run": str(run_dir), "vocab_size": model.fsq.size, "encoder": ENCODER}
+        save_tokens(tokens_path(corpus_dir, split, "v2"), ids, feats.records, meta)

@@ -8,7 +8,6 @@ clusters the ``token_layer`` features of a sample of train utterances into K cen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from edgetok.train.loop import LoopConfig, TrainingRun
 from edgetok.train.models import CODEBOOK_SIZE, CTC_BLANK, TokenizerEncoder
 from edgetok.train.paths import features_dir
 from edgetok.train.text import decode_ids, encode_text
-from edgetok.train.tokenset import tokens_path
+from edgetok.train.tokenset import save_tokens, tokens_path
 
 CODEBOOK_FILE = "codebook.npy"
 
@@ -258,16 +257,6 @@ def tokenize_corpus(
             idx = order[start : start + 32].tolist()
             for i, t in zip(idx, tokenize(feats, idx), strict=True):
                 ids[i] = t.astype(np.int16)
-        lengths = np.array([len(t) for t in ids], dtype=np.int64)
-        path = tokens_path(corpus_dir, split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            tokens=np.concatenate(ids),
-            offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-            lengths=lengths,
-            ids=np.array([r["id"] for r in feats.records]),
-            texts=np.array([r["text"] for r in feats.records]),
-            voices=np.array([r["voice"] for r in feats.records]),
+        save_tokens(
+            tokens_path(corpus_dir, split), ids, feats.records, {"codebook_run": str(source)}
         )
-        (path.with_suffix(".json")).write_text(json.dumps({"codebook_run": str(source)}))

@@ -87,9 +87,10 @@ class TrainingRun:
         self.step = 0
         torch.manual_seed(config.seed)
         torch.set_num_threads(config.threads)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        # A model may give parameter groups with their own learning rates (param_groups).
+        groups = getattr(model, "param_groups", None)
+        params = groups(config.lr) if callable(groups) else model.parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: cosine_with_warmup(s, warmup=config.warmup, total=config.steps),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,15 +10,44 @@ import numpy as np
 
 from edgetok.train.paths import cache_dir
 
+#: The token sets: "v1" (the from-scratch tokenizer and k-means codebook) and "v2" (the
+#: FSQ bottleneck on Whisper tiny.en, ``fit_semantic``).
+TOKENIZERS = ("v1", "v2")
 
-def tokens_path(corpus_dir: Path, split: str) -> Path:
-    """Token cache of one split (written by ``fit_tokenizer.tokenize_corpus``)."""
-    return cache_dir() / "tokens" / corpus_dir.name / f"{split}.npz"
+
+def _token_dir(corpus_dir: Path, tokenizer: str) -> Path:
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown token set {tokenizer!r}; known: {TOKENIZERS}")
+    name = corpus_dir.name if tokenizer == "v1" else f"{corpus_dir.name}-{tokenizer}"
+    return cache_dir() / "tokens" / name
 
 
-def entropy_path(corpus_dir: Path, split: str) -> Path:
+def tokens_path(corpus_dir: Path, split: str, tokenizer: str = "v1") -> Path:
+    """Token cache of one split (written by ``save_tokens``)."""
+    return _token_dir(corpus_dir, tokenizer) / f"{split}.npz"
+
+
+def entropy_path(corpus_dir: Path, split: str, tokenizer: str = "v1") -> Path:
     """Entropy cache of one split, aligned with the token cache (``fit_lm.score_corpus``)."""
-    return cache_dir() / "tokens" / corpus_dir.name / f"{split}.entropy.npy"
+    return _token_dir(corpus_dir, tokenizer) / f"{split}.entropy.npy"
+
+
+def save_tokens(path: Path, ids: list[np.ndarray], records: list[dict], meta: dict) -> None:
+    """Write one split's token ids (in manifest order) and ``meta`` (``.json`` beside it)."""
+    lengths = np.array([len(t) for t in ids], dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial.npz")
+    np.savez(
+        partial,
+        tokens=np.concatenate([t.astype(np.int16) for t in ids]),
+        offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        lengths=lengths,
+        ids=np.array([r["id"] for r in records]),
+        texts=np.array([r["text"] for r in records]),
+        voices=np.array([r["voice"] for r in records]),
+    )
+    partial.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
 
 
 @dataclass(frozen=True)
@@ -51,10 +81,10 @@ class TokenSet:
         return [self.utterance_entropy(i) for i in range(len(self))]
 
 
-def load_tokens(corpus_dir: Path, split: str) -> TokenSet:
+def load_tokens(corpus_dir: Path, split: str, tokenizer: str = "v1") -> TokenSet:
     """The split's token cache, with its entropies when they exist."""
-    data = np.load(tokens_path(corpus_dir, split))
-    ent = entropy_path(corpus_dir, split)
+    data = np.load(tokens_path(corpus_dir, split, tokenizer))
+    ent = entropy_path(corpus_dir, split, tokenizer)
     return TokenSet(
         tokens=data["tokens"],
         offsets=data["offsets"],

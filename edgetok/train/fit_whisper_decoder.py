@@ -1,0 +1,191 @@
+"""Stage 3 of v2: the aggregator and the pretrained Whisper decoder reading segment vectors.
+
+``SegmentWhisper``: the aggregator fuses each segment's v2 tokens into one vector of the
+decoder's width; the vector plus Whisper's encoder position of the segment's first token
+(its 50 Hz frame, as the original encoder output would carry it), layer-normed, is what
+the Whisper tiny.en decoder cross-attends to. The decoder writes Whisper BPE after the
+prompt ``<|startoftranscript|><|notimestamps|>``. Its token embedding (tied to the output
+head) and positions stay frozen; its blocks train at ``DECODER_LR_SCALE`` times the
+aggregator's learning rate. The three compressions (entropy, fixed, dense) train the same
+way on the same tokens (``fit_decoder.solve_compression``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetok.compress import Compression
+from edgetok.evaluate import normalize
+from edgetok.pretrained import whisper_dir
+from edgetok.train.batching import bucketed_batches, pad_stack
+from edgetok.train.fit_decoder import (
+    COMPRESSION_FILE,
+    SegmentedSet,
+    error_rates,
+    solve_compression,
+)
+from edgetok.train.fit_lm import token_vocab
+from edgetok.train.loop import LoopConfig, TrainingRun
+from edgetok.train.models import Aggregator, AggregatorConfig
+from edgetok.train.tokenset import load_tokens
+from edgetok.train.whisper import WhisperDecoder, load_whisper
+
+__all__ = ["BpeText", "SegmentWhisper", "train_whisper_decoder"]
+
+#: The decoder's blocks learn at this fraction of the aggregator's rate.
+DECODER_LR_SCALE = 0.1
+IGNORE = -100
+
+
+class BpeText:
+    """Whisper's BPE for targets and transcripts (the ``tokenizers`` library)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.eot = self._tok.token_to_id("<|endoftext|>")
+        self.prompt = [
+            self._tok.token_to_id("<|startoftranscript|>"),
+            self._tok.token_to_id("<|notimestamps|>"),
+        ]
+
+    def target(self, text: str) -> np.ndarray:
+        """prompt + BPE of `` text`` + end of text, int64."""
+        ids = self._tok.encode(" " + text, add_special_tokens=False).ids
+        return np.array([*self.prompt, *ids, self.eot], dtype=np.int64)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode([i for i in ids if i < self.eot]).strip()
+
+
+class SegmentWhisper(nn.Module):
+    """Aggregator + position + layer norm -> the pretrained Whisper decoder."""
+
+    def __init__(
+        self, decoder: WhisperDecoder, positions: torch.Tensor, vocab_size: int, max_len: int
+    ) -> None:
+        super().__init__()
+        dim = decoder.dims.dim
+        self.aggregator = Aggregator(
+            AggregatorConfig(vocab_size=vocab_size, max_len=max(max_len, 8), out_dim=dim)
+        )
+        self.context_norm = nn.LayerNorm(dim)
+        self.register_buffer("positions", positions.clone(), persistent=False)
+        self.decoder = decoder
+        decoder.token_embedding.weight.requires_grad_(False)
+        decoder.positions.requires_grad_(False)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The aggregator and norm at ``lr``, the decoder's blocks slower (``TrainingRun``)."""
+        mine = [*self.aggregator.parameters(), *self.context_norm.parameters()]
+        theirs = [p for p in self.decoder.parameters() if p.requires_grad]
+        return [{"params": mine, "lr": lr}, {"params": theirs, "lr": lr * DECODER_LR_SCALE}]
+
+    def context(self, data: SegmentedSet, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context [B, S_max, dim] of utterances ``idx`` and their segment counts [B]."""
+        counts = [len(data.segments[i]) for i in idx]
+        tokens = torch.from_numpy(np.concatenate([data.segments[i] for i in idx]).astype(np.int64))
+        mask = np.concatenate([data.masks[i] for i in idx])
+        vectors = self.aggregator(tokens, torch.from_numpy(mask))
+        starts = []
+        for i in idx:
+            lengths = data.masks[i].sum(axis=1)
+            starts.append(np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        frames = torch.from_numpy(np.concatenate(starts)).clamp(max=len(self.positions) - 1)
+        rows = torch.split(self.context_norm(vectors + self.positions[frames]), counts)
+        return nn.utils.rnn.pad_sequence(list(rows), batch_first=True), torch.tensor(counts)
+
+    def loss(self, data: SegmentedSet, idx: list[int]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the text (prompt excluded)."""
+        context, counts = self.context(data, idx)
+        text, _ = pad_stack([data.targets[i] for i in idx], pad_value=IGNORE)
+        text = torch.from_numpy(text)
+        inputs = text[:, :-1].clamp(min=0)
+        targets = text[:, 1:].clone()
+        targets[:, 0] = IGNORE  # <|notimestamps|> is part of the prompt, given, not learned
+        logits = self.decoder(inputs, context, counts)
+        return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def greedy(
+        self, data: SegmentedSet, idx: list[int], prompt: list[int], eot: int, max_tokens: int
+    ) -> list[list[int]]:
+        """Greedy token ids after the prompt (the whole text rerun per token)."""
+        context, counts = self.context(data, idx)
+        ids = torch.tensor([prompt] * len(idx))
+        done = torch.zeros(len(idx), dtype=torch.bool)
+        for _ in range(max_tokens):
+            step = self.decoder(ids, context, counts)[:, -1].argmax(-1)
+            step[done] = eot
+            ids = torch.cat([ids, step[:, None]], dim=1)
+            done |= step == eot
+            if done.all():
+                break
+        out = []
+        for row in ids[:, len(prompt) :].tolist():
+            out.append(row[: row.index(eot)] if eot in row else row)
+        return out
+
+
+def new_model(vocab_size: int, max_len: int, encoder: str = "tiny.en") -> SegmentWhisper:
+    """A fresh ``SegmentWhisper`` on the pinned pretrained weights."""
+    whisper_encoder, decoder = load_whisper(whisper_dir(encoder) / "model.bin")
+    return SegmentWhisper(decoder.train(), whisper_encoder.positions, vocab_size, max_len)
+
+
+def train_whisper_decoder(
+    corpus_dir: Path,
+    run_dir: Path,
+    loop: LoopConfig,
+    *,
+    mode: str = "entropy",
+    target_hz: float = 15.0,
+    min_len: int = 2,
+    max_len: int = 8,
+    max_positions: int = 6_000,
+    dev_utterances: int = 120,
+) -> SegmentWhisper:
+    """Train (or resume) aggregator + Whisper decoder over ``mode`` segments of v2 tokens."""
+    train_tokens = load_tokens(corpus_dir, "train", "v2")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    compression_file = run_dir / COMPRESSION_FILE
+    if compression_file.exists():
+        compression = Compression.from_dict(json.loads(compression_file.read_text()))
+    else:
+        compression = solve_compression(
+            train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
+        )
+        compression_file.write_text(json.dumps(compression.to_dict(), indent=2))
+    bpe = BpeText(whisper_dir("tiny.en"))
+    train = SegmentedSet.build(train_tokens, compression, encode=bpe.target)
+    dev = SegmentedSet.build(load_tokens(corpus_dir, "dev", "v2"), compression, encode=bpe.target)
+    print(f"{mode}: {train.segments_per_second():.2f} segments/s on train, {compression}")
+
+    model = new_model(token_vocab(corpus_dir, "v2"), compression.max_len)
+    run = TrainingRun(run_dir, model, loop)
+    dev_idx = list(range(min(dev_utterances, len(dev.texts))))
+
+    def evaluate() -> dict[str, float]:
+        hyps = []
+        for start in range(0, len(dev_idx), 16):
+            part = dev_idx[start : start + 16]
+            for ids in model.greedy(dev, part, bpe.prompt, bpe.eot, max_tokens=96):
+                hyps.append(bpe.decode(ids))
+        refs = [dev.texts[i] for i in dev_idx]
+        return {f"dev_{k}": v for k, v in error_rates(refs, [normalize(h) for h in hyps]).items()}
+
+    batches = bucketed_batches(train.lengths(), max_frames=max_positions, seed=loop.seed + run.step)
+    run.train(
+        batches,
+        lambda idx: (model.loss(train, idx), {}),
+        evaluate=evaluate,
+        desc=f"whisper-decoder-{mode}",
+    )
+    return model

@@ -1,0 +1,85 @@
+"""v2 decoder: aggregator + pretrained Whisper decoder over segment vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+
+from edgetok.compress import Compression  # noqa: E402
+from edgetok.pretrained import PRETRAINED, PretrainedError  # noqa: E402
+from edgetok.train.fit_decoder import SegmentedSet  # noqa: E402
+from edgetok.train.loop import LoopConfig, TrainingRun  # noqa: E402
+from edgetok.train.tokenset import TokenSet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    try:
+        return PRETRAINED["tiny.en"].model_dir()
+    except PretrainedError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def data(model_dir: Path):
+    from edgetok.train.fit_whisper_decoder import BpeText
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([40, 25, 60])
+    tokens = TokenSet(
+        tokens=rng.integers(0, 1000, lengths.sum()).astype(np.int16),
+        offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        lengths=lengths,
+        texts=["hello world", "press one", "the quick brown fox"],
+        voices=["a", "b", "a"],
+        entropy=None,
+    )
+    bpe = BpeText(model_dir)
+    fixed = Compression(mode="fixed", max_len=4, rate_hz=15.0)
+    return SegmentedSet.build(tokens, fixed, encode=bpe.target), bpe
+
+
+def test_targets_are_prompt_bpe_and_end(data) -> None:
+    segmented, bpe = data
+    target = segmented.targets[0]
+    assert target[:2].tolist() == bpe.prompt and target[-1] == bpe.eot
+    assert bpe.decode(target[2:].tolist()) == "hello world"
+
+
+def test_a_training_step_moves_only_what_should(data, tmp_path: Path) -> None:
+    from edgetok.train.fit_whisper_decoder import DECODER_LR_SCALE, new_model
+
+    segmented, bpe = data
+    model = new_model(vocab_size=1000, max_len=4)
+    embedding = model.decoder.token_embedding.weight.detach().clone()
+    run = TrainingRun(tmp_path / "run", model, LoopConfig(steps=2, lr=1e-3, warmup=1))
+    rates = [group["lr"] for group in run.optimizer.param_groups]
+    assert rates[1] == pytest.approx(rates[0] * DECODER_LR_SCALE)
+    batches = iter([[0, 1, 2], [0, 2]])
+    run.train(batches, lambda idx: (model.loss(segmented, idx), {}))
+    assert run.step == 2 and (tmp_path / "run" / "last.pt").exists()
+    assert torch.equal(model.decoder.token_embedding.weight, embedding)
+    context, counts = model.context(segmented, [0, 2])
+    assert context.shape == (2, int(counts.max()), 384)
+    model.eval()
+    out = model.greedy(segmented, [0, 1], bpe.prompt, bpe.eot, max_tokens=5)
+    assert len(out) == 2 and all(len(ids) <= 5 and bpe.eot not in ids for ids in out)
+
+
+def test_a_padded_batch_equals_each_item_alone(data) -> None:
+    from edgetok.train.fit_whisper_decoder import new_model
+
+    segmented, _ = data
+    model = new_model(vocab_size=1000, max_len=4).eval()
+    with torch.no_grad():
+        both, counts = model.context(segmented, [1, 2])
+        text = torch.tensor([segmented.targets[1][:4].tolist()] * 2)
+        batched = model.decoder(text, both, counts)
+        alone, _ = model.context(segmented, [1])
+        single = model.decoder(text[:1], alone)
+    torch.testing.assert_close(batched[0], single[0], atol=1e-4, rtol=1e-4)
