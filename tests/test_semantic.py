@@ -96,3 +96,19 @@ def test_encoder_cache_builds_resumes_and_matches(
     again = wf.build_encoder_cache(corpus, "train", out, encoder)
     assert {p: p.stat().st_mtime_ns for p in out.glob("shard*.npy")} == stamps
     np.testing.assert_array_equal(again.lengths, feats.lengths)
+
+
+def test_exported_tokenizer_runs_at_any_length_with_fp16_weights(encoder, tmp_path: Path) -> None:
+    """The v2 tokenizer graph: dynamic batch and time, weights stored as float16 (half the
+    file), the same codes as torch up to that rounding."""
+    import onnx
+
+    from edgetok.train.export import export_semantic_tokenizer
+    from edgetok.train.fit_semantic import SemanticTokenizerExport
+
+    module = SemanticTokenizerExport(encoder, SemanticBottleneck().eval())
+    path = tmp_path / "tokenizer.onnx"
+    assert export_semantic_tokenizer(module, path) < 5e-3
+    model = onnx.load(str(path))
+    halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(halves) > 20 and path.stat().st_size < 25e6

@@ -239,3 +239,23 @@ def export_decoder_full(dec: Decoder, path: str | Path) -> float:
         example=(2, 12, 9),
         checks=[(1, 5, 1), (3, 40, 23)],
     )
+
+
+def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
+    """The v2 tokenizer (``fit_semantic.SemanticTokenizerExport``): ``mel`` [B, T, 80] ->
+    ``features`` [B, ceil(T/2), d], weights stored as float16 (``onnx_fp16``); returns
+    the ORT max abs diff against torch at other lengths (float16 weight rounding
+    included)."""
+    from edgetok.train.onnx_fp16 import store_weights_fp16
+
+    def make(gen: torch.Generator, b: int, t: int) -> Inputs:
+        return (torch.randn(b, t, 80, generator=gen) * 2 - 8,)
+
+    path = Path(path)
+    gen = torch.Generator().manual_seed(0)
+    full = path.with_name(path.stem + ".fp32.onnx")
+    dynamic = {"mel": {0: "B", 1: "T"}}
+    export_onnx(module, make(gen, 2, 100), full, ["mel"], ["features"], dynamic)
+    store_weights_fp16(full, path)
+    full.unlink()
+    return max_abs_diff(module, path, [make(gen, *c) for c in ((1, 37), (3, 250), (1, 1001))])

@@ -191,3 +191,20 @@ def tokenize_semantic_corpus(
                 ids[i] = nearest_centroid(bounded[row, : int(lengths[row])], codebook)
         meta = {"semantic_run": str(run_dir), "vocab_size": model.fsq.size, "encoder": ENCODER}
         save_tokens(tokens_path(corpus_dir, split, "v2"), ids, feats.records, meta)
+
+
+class SemanticTokenizerExport(torch.nn.Module):
+    """The exported v2 tokenizer: frontend log-mel [B, T, 80] -> Whisper scaling -> frozen
+    encoder -> bottleneck -> bounded codes [B, ceil(T / 2), d] (``features``); the device
+    rounds them to the grid with the bundle's codebook (``FSQ.codebook``)."""
+
+    def __init__(self, encoder: torch.nn.Module, bottleneck: SemanticBottleneck) -> None:
+        super().__init__()
+        from edgetok.train.whisper_features import WhisperInput
+
+        self.scale = WhisperInput()
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck.bounded(self.encoder(self.scale(mel)))
