@@ -316,6 +316,50 @@ def whisper_decoder_cmd(
     )
 
 
+@command.command("v2-eval")
+@click.argument("manifest", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--human", is_flag=True, help="Score the human-speech set (edgetok eval --human).")
+@click.option("--semantic-run", default="semantic", show_default=True)
+@click.option("--lm-run", default="entropy_lm_v2", show_default=True)
+@click.option(
+    "--decoder-run",
+    "decoder_runs",
+    multiple=True,
+    metavar="NAME=RUN",
+    default=("entropy=whisper_decoder_entropy",),
+    show_default=True,
+    help="A whisper-decoder run to score under NAME; repeatable.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=int, default=2, show_default=True)
+def v2_eval_cmd(manifest, human, semantic_run, lm_run, decoder_runs, limit, threads) -> None:
+    """WER/CER of the v2 training checkpoints (torch, greedy) on MANIFEST or --human."""
+    import json
+
+    from edgetok.cache import cache_dir
+    from edgetok.train.fit_whisper_decoder import evaluate_runs
+    from edgetok.train.paths import runs_dir
+
+    if human == (manifest is not None):
+        raise click.UsageError("give a MANIFEST or --human (not both)")
+    if human:
+        from edgetok.humanset import build_human_set
+
+        manifest = cache_dir() / "human" / "manifest.jsonl"
+        build_human_set(manifest)
+    runs = {}
+    for value in decoder_runs:
+        name, sep, run = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{value!r} is not NAME=RUN", param_hint="--decoder-run")
+        runs[name] = runs_dir() / run
+    root = runs_dir()
+    result = evaluate_runs(
+        manifest, root / semantic_run, root / lm_run, runs, limit=limit, threads=threads
+    )
+    click.echo(json.dumps(result, indent=1))
+
+
 @command.command("bundle")
 @_corpus_option
 @click.option(

@@ -189,3 +189,76 @@ def train_whisper_decoder(
         desc=f"whisper-decoder-{mode}",
     )
     return model
+
+
+def load_whisper_decoder(run_dir: Path) -> tuple[SegmentWhisper, Compression]:
+    """The model and compression of a ``whisper-decoder`` run, in eval mode."""
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+    compression = Compression.from_dict(json.loads((run_dir / COMPRESSION_FILE).read_text()))
+    model = new_model(state["aggregator.embed.weight"].shape[0], compression.max_len)
+    model.load_state_dict(state, strict=False)  # the encoder positions are not saved
+    return model.eval(), compression
+
+
+@torch.no_grad()
+def evaluate_runs(
+    manifest: Path,
+    semantic_run: Path,
+    lm_run: Path,
+    decoder_runs: dict[str, Path],
+    *,
+    limit: int | None = None,
+    threads: int = 2,
+) -> dict:
+    """WER and CER per system and voice of the v2 training checkpoints on any manifest,
+    greedy, the whole chain in torch: audio -> encoder -> FSQ tokens -> entropy LM ->
+    each run's segments -> aggregator -> Whisper decoder. A check of the trained models
+    before they are exported, not the device's numbers (``edgetok eval`` gives those)."""
+    import jiwer
+    from tqdm import tqdm
+
+    from edgetok.audio import load_audio
+    from edgetok.codebook import nearest_centroid
+    from edgetok.evaluate import read_manifest
+    from edgetok.frontend import log_mel
+    from edgetok.segment import segments_to_padded
+    from edgetok.train.fit_lm import load_lm
+    from edgetok.train.fit_semantic import ENCODER, load_semantic
+    from edgetok.train.models import EntropyLM
+    from edgetok.train.whisper_features import WHISPER_FRONTEND, WhisperInput
+
+    torch.set_num_threads(threads)
+    encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
+    bottleneck, lm, scale = load_semantic(semantic_run), load_lm(lm_run), WhisperInput()
+    codebook = bottleneck.fsq.codebook()
+    systems = {name: load_whisper_decoder(run) for name, run in decoder_runs.items()}
+    bpe = BpeText(whisper_dir(ENCODER))
+    pairs: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    segments: dict[str, int] = dict.fromkeys(systems, 0)
+    audio_s = 0.0
+    for utt in tqdm(read_manifest(manifest, limit), desc="v2 eval", unit="utt"):
+        audio = load_audio(utt.path, WHISPER_FRONTEND.sample_rate)
+        audio_s += audio.size / WHISPER_FRONTEND.sample_rate
+        mel = torch.from_numpy(log_mel(audio, WHISPER_FRONTEND))[None]
+        bounded = bottleneck.bounded(encoder(scale(mel)))[0].numpy()
+        ids = nearest_centroid(bounded, codebook)
+        entropy = EntropyLM.entropy(lm(torch.from_numpy(ids)[None]))[0].numpy()
+        for name, (model, compression) in systems.items():
+            starts = compression.starts(ids, entropy)
+            padded, mask = segments_to_padded(ids, starts, compression.max_len)
+            data = SegmentedSet([padded.astype(np.int16)], [mask], [], [], [])
+            out = model.greedy(data, [0], bpe.prompt, bpe.eot, max_tokens=4 * len(starts) + 20)
+            segments[name] += len(starts)
+            for key in ((name, utt.voice), (name, "all")):
+                refs, hyps = pairs.setdefault(key, ([], []))
+                refs.append(normalize(utt.text))
+                hyps.append(normalize(bpe.decode(out[0])) or "<empty>")
+    result: dict = {"audio_s": audio_s, "systems": {}}
+    for (name, voice), (refs, hyps) in pairs.items():
+        row = {"utterances": len(refs), "wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps)}
+        system = result["systems"].setdefault(name, {"voices": {}})
+        if voice == "all":
+            system.update(row, segments_per_s=segments[name] / max(audio_s, 1e-9))
+        else:
+            system["voices"][voice] = row
+    return result

@@ -1,0 +1,94 @@
+"""The v2 training chain on a tiny real corpus (espeak-ng and flite voices): encoder
+features, the FSQ bottleneck, v2 tokens, the entropy LM on them, the Whisper decoder
+over entropy segments, and the checkpoint eval on audio files; a few steps each."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+
+from edgetok.pretrained import PRETRAINED, PretrainedError  # noqa: E402
+from edgetok.train import corpus as C  # noqa: E402
+from edgetok.train.fit_lm import run_entropy, score_corpus, token_vocab, train_lm  # noqa: E402
+from edgetok.train.fit_semantic import tokenize_semantic_corpus, train_semantic  # noqa: E402
+from edgetok.train.fit_whisper_decoder import (  # noqa: E402
+    evaluate_runs,
+    load_whisper_decoder,
+    train_whisper_decoder,
+)
+from edgetok.train.loop import LoopConfig  # noqa: E402
+from edgetok.train.tokenset import load_tokens  # noqa: E402
+
+pytestmark = pytest.mark.torch
+TINY = {
+    "hours": 0.01,
+    "dev_hours": 0.004,
+    "test_hours": 0.006,
+    "test_voices": ("espeak_en-us+f4", "flite_rms"),
+}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(corpus, runs): every v2 stage run for a few steps in its own cache."""
+    if not (shutil.which("espeak-ng") and shutil.which("flite")):
+        pytest.skip("espeak-ng and flite are needed (apt install espeak-ng flite)")
+    try:
+        PRETRAINED["tiny.en"].model_dir()
+    except PretrainedError as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("v2")
+    runs = root / "runs"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGETOK_CACHE", str(root / "cache"))
+        corpus = root / "corpus"
+        C.build_corpus(corpus, seed=0, jobs=2, progress=False, **TINY)
+        short = {"warmup": 1, "eval_every": 0, "checkpoint_every": 1000}
+        train_semantic(corpus, runs / "semantic", LoopConfig(steps=3, **short), train_hours=None)
+        tokenize_semantic_corpus(corpus, runs / "semantic", train_hours=None)
+        train_lm(corpus, runs / "lm", LoopConfig(steps=3, **short), tokenizer="v2")
+        score_corpus(corpus, run_entropy(runs / "lm"), tokenizer="v2")
+        train_whisper_decoder(
+            corpus, runs / "decoder", LoopConfig(steps=2, **short), target_hz=15.0
+        )
+    return corpus, runs
+
+
+def test_v2_tokens_and_entropies(chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus, _ = chain
+    monkeypatch.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
+    assert token_vocab(corpus, "v2") == 1000
+    rows = (corpus / "test.jsonl").read_text().splitlines()
+    test = load_tokens(corpus, "test", "v2")
+    assert len(test) == len(rows) and test.entropy is not None
+    first = json.loads(rows[0])
+    # 50 tokens per second of audio (stride-2 conv over 100 frames/s)
+    assert abs(len(test.utterance(0)) - 50 * first["duration"]) <= 2
+    assert test.tokens.min() >= 0 and test.tokens.max() < 1000
+    assert np.all(test.entropy >= 0) and np.all(test.entropy <= np.log(1000) + 1e-3)
+
+
+def test_decoder_run_loads_and_scores_audio(chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus, runs = chain
+    monkeypatch.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
+    model, compression = load_whisper_decoder(runs / "decoder")
+    assert compression.mode == "entropy" and compression.min_len == 2
+    result = evaluate_runs(
+        corpus / "test.jsonl",
+        runs / "semantic",
+        runs / "lm",
+        {"entropy": runs / "decoder"},
+        limit=2,
+        threads=1,
+    )
+    entropy = result["systems"]["entropy"]
+    assert entropy["utterances"] == 2 and 0 <= entropy["cer"]
+    assert 0 < entropy["segments_per_s"] < 50
+    assert set(entropy["voices"]) <= {"espeak_en-us+f4", "flite_rms"}
