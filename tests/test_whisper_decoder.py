@@ -83,3 +83,31 @@ def test_a_padded_batch_equals_each_item_alone(data) -> None:
         alone, _ = model.context(segmented, [1])
         single = model.decoder(text[:1], alone)
     torch.testing.assert_close(batched[0], single[0], atol=1e-4, rtol=1e-4)
+
+
+def test_cached_steps_equal_the_full_decoder(model_dir: Path) -> None:
+    from edgetok.train.whisper import load_whisper
+
+    _, decoder = load_whisper(model_dir / "model.bin")
+    context = torch.randn(2, 17, 384)
+    tokens = torch.randint(0, 50000, (2, 9))
+    with torch.no_grad():
+        full = decoder(tokens, context)
+        cross_k, cross_v = decoder.cross_kv(context)
+        empty = torch.zeros(4, 2, 6, 0, 64)
+        logits, k, v = decoder.step(tokens[:, :5], cross_k, cross_v, empty, empty)
+        steps = [logits]
+        for i in range(5, 9):
+            logits, k, v = decoder.step(tokens[:, i : i + 1], cross_k, cross_v, k, v)
+            steps.append(logits)
+    assert k.shape == (4, 2, 6, 9, 64)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-4, rtol=1e-4)
+
+
+def test_server_graphs_export_with_dynamic_axes(tmp_path: Path) -> None:
+    from edgetok.train.export import export_whisper_decoder
+    from edgetok.train.fit_whisper_decoder import new_model
+
+    model = new_model(vocab_size=1000, max_len=8).eval()
+    diff = export_whisper_decoder(model, tmp_path / "context.onnx", tmp_path / "step.onnx")
+    assert diff < 1e-3

@@ -259,3 +259,60 @@ def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
     store_weights_fp16(full, path)
     full.unlink()
     return max_abs_diff(module, path, [make(gen, *c) for c in ((1, 37), (3, 250), (1, 1001))])
+
+
+#: I/O of the v2 server graphs (``fit_whisper_decoder``).
+CONTEXT_INPUTS = ("prefix", "starts")
+CONTEXT_OUTPUTS = ("cross_keys", "cross_values")
+STEP_INPUTS = ("text", "cross_keys", "cross_values", "past_keys", "past_values")
+STEP_OUTPUTS = ("logits", "keys", "values")
+
+
+def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path) -> float:
+    """The v2 decoder as two graphs (``DecoderContextExport``, ``DecoderStepExport``) with
+    dynamic batch, segments S, text U and cache P (P may be 0); returns the largest ORT
+    difference from torch over both."""
+    from edgetok.train.fit_whisper_decoder import DecoderContextExport, DecoderStepExport
+
+    dims = model.decoder.dims
+    layers, heads, head_dim = dims.decoder_layers, dims.heads, dims.dim // dims.heads
+
+    def make_context(gen: torch.Generator, b: int, s: int) -> Inputs:
+        starts = torch.sort(torch.randint(0, 4 * s + 1, (b, s), generator=gen)).values
+        return torch.randn(b, s, dims.dim, generator=gen), starts
+
+    def make_step(gen: torch.Generator, b: int, s: int, u: int, p: int) -> Inputs:
+        text = torch.randint(0, dims.vocab, (b, u), generator=gen)
+        cross = [torch.randn(layers, b, heads, s, head_dim, generator=gen) for _ in "kv"]
+        past = [torch.randn(layers, b, heads, p, head_dim, generator=gen) for _ in "kv"]
+        return text, *cross, *past
+
+    cache_axes = {1: "B", 3: "P"}
+    cross_axes = {1: "B", 3: "S"}
+    context_diff = _export_and_check(
+        DecoderContextExport(model),
+        make_context,
+        context_path,
+        CONTEXT_INPUTS,
+        CONTEXT_OUTPUTS,
+        {"prefix": {0: "B", 1: "S"}, "starts": {0: "B", 1: "S"}},
+        example=(2, 9),
+        checks=[(1, 1), (1, 150)],
+    )
+    step_diff = _export_and_check(
+        DecoderStepExport(model),
+        make_step,
+        step_path,
+        STEP_INPUTS,
+        STEP_OUTPUTS,
+        {
+            "text": {0: "B", 1: "U"},
+            "cross_keys": cross_axes,
+            "cross_values": cross_axes,
+            "past_keys": cache_axes,
+            "past_values": cache_axes,
+        },
+        example=(2, 9, 3, 4),
+        checks=[(1, 40, 2, 0), (4, 40, 1, 17), (1, 3, 1, 100)],
+    )
+    return max(context_diff, step_diff)

@@ -262,3 +262,36 @@ def evaluate_runs(
         else:
             system["voices"][voice] = row
     return result
+
+
+class DecoderContextExport(nn.Module):
+    """Server graph 1, once per utterance: segment vectors ``prefix`` [B, S, dim] and their
+    first tokens' frames ``starts`` [B, S] -> every decoder layer's cross-attention
+    ``cross_keys``/``cross_values`` [layers, B, heads, S, head_dim]."""
+
+    def __init__(self, model: SegmentWhisper) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prefix: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        frames = starts.clamp(0, len(self.model.positions) - 1)
+        context = self.model.context_norm(prefix + self.model.positions[frames])
+        return self.model.decoder.cross_kv(context)
+
+
+class DecoderStepExport(nn.Module):
+    """Server graph 2, the prompt and then each token: ``WhisperDecoder.step``."""
+
+    def __init__(self, model: SegmentWhisper) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        cross_keys: torch.Tensor,
+        cross_values: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        return self.decoder.step(text, cross_keys, cross_values, past_keys, past_values)

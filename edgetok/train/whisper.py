@@ -185,6 +185,32 @@ class DecoderBlock(nn.Module):
         x = x + self.cross_attn(self.cross_attn_ln(x), context, context_mask)
         return x + self.mlp(self.mlp_ln(x))
 
+    def cross_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values [B, H, S, hd] of ``context`` [B, S, D]."""
+        attn = self.cross_attn
+        return attn.split(attn.key(context)), attn.split(attn.value(context))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` (eval) for new positions x [B, U, D] after P cached ones: returns
+        (y, self-attention keys and values [B, H, P + U, hd])."""
+        h = self.attn_ln(x)
+        attn = self.attn
+        k = torch.cat([past_k, attn.split(attn.key(h))], dim=2)
+        v = torch.cat([past_v, attn.split(attn.value(h))], dim=2)
+        total, new = k.shape[2], x.shape[1]
+        mask = torch.arange(total)[None, :] <= (torch.arange(new) + (total - new))[:, None]
+        x = x + attn.attend(attn.split(attn.query(h)), k, v, mask)
+        cross = self.cross_attn
+        x = x + cross.attend(cross.split(cross.query(self.cross_attn_ln(x))), cross_k, cross_v)
+        return x + self.mlp(self.mlp_ln(x)), k, v
+
 
 class WhisperDecoder(nn.Module):
     """Text tokens [B, U] attending to ``context`` [B, S, dim] -> logits [B, U, vocab]."""
@@ -217,6 +243,32 @@ class WhisperDecoder(nn.Module):
         for block in self.blocks:
             x = block(x, context, mask)
         return self.ln(x) @ self.token_embedding.weight.T
+
+    def cross_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's cross-attention keys and values [layers, B, H, S, hd]."""
+        pairs = [block.cross_kv(context) for block in self.blocks]
+        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+
+    def step(
+        self,
+        tokens: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits [B, U, vocab] of ``tokens`` [B, U] that follow P cached positions
+        (``past_k``/``past_v`` [layers, B, H, P, hd], P may be 0), and the caches
+        extended to P + U: one graph for the prompt and for each next token."""
+        offset = past_k.shape[3]
+        x = self.token_embedding(tokens) + self.positions[offset : offset + tokens.shape[1]]
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block.step(x, cross_k[i], cross_v[i], past_k[i], past_v[i])
+            keys.append(k)
+            values.append(v)
+        logits = self.ln(x) @ self.token_embedding.weight.T
+        return logits, torch.stack(keys), torch.stack(values)
 
 
 def _load_attention(
