@@ -111,3 +111,37 @@ def test_server_graphs_export_with_dynamic_axes(tmp_path: Path) -> None:
     model = new_model(vocab_size=1000, max_len=8).eval()
     diff = export_whisper_decoder(model, tmp_path / "context.onnx", tmp_path / "step.onnx")
     assert diff < 1e-3
+
+
+def test_server_stage_decodes_like_torch(model_dir: Path, tmp_path: Path) -> None:
+    """Greedy decoding through the exported graphs gives torch's greedy tokens (special
+    tokens but the end suppressed on both sides); a beam of 4 runs too."""
+    from edgetok.bpe import BpeVocabulary
+    from edgetok.runtime import open_session
+    from edgetok.train.export import export_whisper_decoder
+    from edgetok.train.fit_whisper_decoder import new_model
+    from edgetok.whisper_decoding import TINY_EN_PROMPT, WhisperDecoderStage
+
+    model = new_model(vocab_size=1000, max_len=8).eval()
+    export_whisper_decoder(model, tmp_path / "context.onnx", tmp_path / "step.onnx")
+    vocab = BpeVocabulary.from_file(model_dir / "vocabulary.txt")
+    sessions = open_session(tmp_path / "context.onnx"), open_session(tmp_path / "step.onnx")
+    gen = torch.Generator().manual_seed(3)
+    vectors = torch.randn(12, 384, generator=gen)
+    starts = torch.arange(12) * 3
+    with torch.no_grad():
+        context = model.context_norm(vectors + model.positions[starts])[None]
+        ids = list(TINY_EN_PROMPT)
+        for _ in range(20):
+            logits = model.decoder(torch.tensor([ids]), context)[0, -1, : vocab.eot + 1]
+            if int(logits.argmax()) == vocab.eot:
+                break
+            ids.append(int(logits.argmax()))
+    want = vocab.decode(ids[2:])
+    greedy = WhisperDecoderStage(*sessions, vocab, beam=1, max_tokens=20)
+    assert greedy(vectors.numpy(), starts.numpy()) == want
+    beam = WhisperDecoderStage(*sessions, vocab, beam=4, max_tokens=20)
+    assert isinstance(beam(vectors.numpy(), starts.numpy()), str)
+    assert greedy(np.zeros((0, 384), np.float32), np.zeros(0, np.int64)) == ""
+    with pytest.raises(ValueError, match="starts"):
+        greedy(vectors.numpy(), starts.numpy()[:3])
