@@ -112,3 +112,20 @@ def test_exported_tokenizer_runs_at_any_length_with_fp16_weights(encoder, tmp_pa
     model = onnx.load(str(path))
     halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert len(halves) > 20 and path.stat().st_size < 25e6
+
+
+def test_bypass_starts_on_and_leaves_the_tokens_alone() -> None:
+    from edgetok.train.semantic import bypass_schedule
+
+    weights = [bypass_schedule(step, 100) for step in (0, 99, 100, 200, 300, 1000)]
+    assert weights == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    model = SemanticBottleneck(BottleneckConfig(post_layers=1)).eval()
+    x, lengths = torch.randn(1, 20, 384), torch.tensor([20])
+    with torch.no_grad():
+        plain = model(x, lengths)
+        bypassed = model(x, lengths, 1.0)
+        torch.nn.init.normal_(model.bypass.weight)
+        moved = model(x, lengths, 0.0)
+    assert torch.equal(plain["ids"], bypassed["ids"])
+    assert not torch.equal(plain["ctc_logits"], bypassed["ctc_logits"])
+    assert torch.equal(plain["ctc_logits"], moved["ctc_logits"])

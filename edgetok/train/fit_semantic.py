@@ -17,7 +17,7 @@ from edgetok.train.batching import bucketed_batches, pad_stack
 from edgetok.train.fit_tokenizer import character_error_rate, ctc_greedy
 from edgetok.train.loop import LoopConfig, TrainingRun
 from edgetok.train.paths import cache_dir
-from edgetok.train.semantic import BottleneckConfig, SemanticBottleneck
+from edgetok.train.semantic import BottleneckConfig, SemanticBottleneck, bypass_schedule
 from edgetok.train.text import decode_ids, encode_text
 from edgetok.train.whisper import load_whisper
 from edgetok.train.whisper_features import EncoderFeatures, build_encoder_cache
@@ -71,6 +71,7 @@ def train_semantic(
     train_hours: float = DEFAULT_TRAIN_HOURS,
     max_frames: int = 6000,
     dev_utterances: int = 300,
+    bypass_hold: int = 100,
 ) -> SemanticBottleneck:
     """Train (or resume) the FSQ bottleneck with CTC on frozen Whisper features."""
     dev = whisper_features(corpus_dir, "dev", threads=loop.threads)
@@ -83,13 +84,15 @@ def train_semantic(
     def loss_fn(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         x, lengths = feature_batch(train, idx)
         text, text_lengths = pad_stack([targets[i] for i in idx])
+        bypass = bypass_schedule(run.step, bypass_hold)
         loss, _ = model.ctc_loss(
             _time_mask(x, lengths, gen),
             lengths,
             torch.from_numpy(text),
             torch.from_numpy(text_lengths),
+            bypass,
         )
-        return loss, {"frames": float(lengths.sum())}
+        return loss, {"frames": float(lengths.sum()), "bypass": bypass}
 
     dev_idx = list(range(min(dev_utterances, len(dev))))
 

@@ -4,9 +4,15 @@ trained with a character CTC loss so the tokens keep what speech recognition nee
 ``SemanticBottleneck``: features [B, T, 384] -> one trainable pre-LN block -> a linear map
 to ``len(levels)`` dims, bounded per dim (``FSQ.bound``) and rounded to a grid of
 ``prod(levels)`` points (the token ids) -> a training-only post-net (linear up, two
-blocks, CTC head). Only the part up to ``bound`` is exported: the device rounds with
-``nearest_centroid`` against the grid (``FSQ.codebook``), which for a Cartesian grid is
-per-dim rounding, so the device path of v1 (features -> nearest centroid) is unchanged.
+blocks, CTC head). CTC through a 4-dim bottleneck does not leave its all-blank plateau
+(measured: loss stuck at 2.9, codes collapsing to a few dozen, while without the
+bottleneck it leaves it in 60-90 steps), so training starts with a bypass: the post-net
+also reads ``bypass_weight`` x a linear map of the unquantized features, and the weight
+falls from 1 to 0 early in training (``bypass_schedule``); from then on, and in every
+evaluation, the tokens are the only path. Only the part up to ``bound`` is exported: the
+device rounds with ``nearest_centroid`` against the grid (``FSQ.codebook``), which for a
+Cartesian grid is per-dim rounding, so the device path of v1 (features -> nearest
+centroid) is unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from torch import nn
 
 from edgetok.train.models import CHAR_VOCAB_SIZE, CTC_BLANK, Block, Rotary, init_weights
 
-__all__ = ["FSQ", "BottleneckConfig", "SemanticBottleneck"]
+__all__ = ["FSQ", "BottleneckConfig", "SemanticBottleneck", "bypass_schedule"]
+
+
+def bypass_schedule(step: int, hold: int) -> float:
+    """The bypass weight at ``step``: 1 for ``hold`` steps, then down to 0 over ``2 hold``."""
+    if step < hold:
+        return 1.0
+    return max(0.0, 1.0 - (step - hold) / (2 * hold))
 
 
 class FSQ(nn.Module):
@@ -88,6 +101,7 @@ class SemanticBottleneck(nn.Module):
         self.down = nn.Linear(cfg.in_dim, len(cfg.levels))
         self.fsq = FSQ(cfg.levels)
         self.up = nn.Linear(len(cfg.levels), cfg.post_dim)
+        self.bypass = nn.Linear(cfg.in_dim, cfg.post_dim)
         self.post = nn.ModuleList(
             Block(cfg.post_dim, cfg.post_heads, 4 * cfg.post_dim, cfg.dropout)
             for _ in range(cfg.post_layers)
@@ -99,15 +113,22 @@ class SemanticBottleneck(nn.Module):
 
     def bounded(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """features [B, T, in_dim] -> bounded codes [B, T, d] (what the device rounds)."""
-        x = self.pre(features, mask)
-        return self.fsq.bound(self.down(self.pre_norm(x)))
+        return self._bounded(self.pre(features, mask))
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _bounded(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fsq.bound(self.down(self.pre_norm(hidden)))
+
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, bypass_weight: float = 0.0
+    ) -> dict[str, torch.Tensor]:
         t = features.shape[1]
         valid = torch.arange(t, device=features.device)[None] < lengths[:, None]
         mask = valid[:, None, None, :]
-        bounded = self.bounded(features, mask)
+        hidden = self.pre(features, mask)
+        bounded = self._bounded(hidden)
         x = self.up(self.fsq.grid(bounded))
+        if bypass_weight:
+            x = x + bypass_weight * self.bypass(hidden)
         rope = self.rotary(torch.arange(t, device=features.device))
         for block in self.post:
             x = block(x, mask, rope)
@@ -122,8 +143,9 @@ class SemanticBottleneck(nn.Module):
         lengths: torch.Tensor,
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
+        bypass_weight: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self(features, lengths)
+        out = self(features, lengths, bypass_weight)
         log_probs = F.log_softmax(out["ctc_logits"].float(), dim=-1).transpose(0, 1)
         loss = F.ctc_loss(
             log_probs, targets, lengths, target_lengths, blank=CTC_BLANK, zero_infinity=True
