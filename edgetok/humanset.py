@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
+
 __all__ = ["HUMAN_PACKAGES", "HumanClip", "build_human_set", "human_clips"]
 
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -106,14 +108,21 @@ def _codec2() -> Iterator[HumanClip]:
 
 
 _SOURCES = {"asterisk": _asterisk, "pocketsphinx": _pocketsphinx, "alsa": _alsa, "codec2": _codec2}
+#: Longer clips are left out: one Whisper window, and the VAD's longest utterance.
+MAX_SECONDS = 30.0
+
+
+def _short(clip: HumanClip) -> bool:
+    return sf.info(str(clip.path)).duration <= MAX_SECONDS
 
 
 def human_clips(sources: tuple[str, ...] = tuple(_SOURCES)) -> dict[str, list[HumanClip]]:
-    """The installed clips of each source (an empty list: its packages are missing)."""
+    """The installed clips of each source up to ``MAX_SECONDS`` long (an empty list: its
+    packages are missing)."""
     unknown = set(sources) - set(_SOURCES)
     if unknown:
         raise ValueError(f"unknown human sources {sorted(unknown)}; known: {list(_SOURCES)}")
-    return {name: list(_SOURCES[name]()) for name in sources}
+    return {name: [c for c in _SOURCES[name]() if _short(c)] for name in sources}
 
 
 def build_human_set(out: Path, sources: tuple[str, ...] = tuple(_SOURCES)) -> dict[str, int]:
