@@ -37,3 +37,14 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (voice, text) in SENTENCES.items():
         espeak(text, voice, directory / name)
     return directory
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """Whisper tiny.en's folder from its pinned wheel (skips where it is not installed)."""
+    from edgetok.pretrained import PRETRAINED, PretrainedError
+
+    try:
+        return PRETRAINED["tiny.en"].model_dir()
+    except PretrainedError as exc:
+        pytest.skip(str(exc))

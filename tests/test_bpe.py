@@ -5,17 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgetok.bpe import BpeVocabulary
-from edgetok.pretrained import PRETRAINED, PretrainedError
 
 tokenizers = pytest.importorskip("tokenizers")
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    try:
-        return PRETRAINED["tiny.en"].model_dir()
-    except PretrainedError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgetok.codebook import nearest_centroid  # noqa: E402
-from edgetok.pretrained import PRETRAINED, PretrainedError  # noqa: E402
 from edgetok.train.semantic import FSQ, BottleneckConfig, SemanticBottleneck  # noqa: E402
 
 
@@ -59,14 +58,10 @@ def test_bottleneck_ctc_step_and_masking() -> None:
 
 
 @pytest.fixture(scope="module")
-def encoder():
+def encoder(model_dir: Path):
     from edgetok.train.whisper import load_whisper
 
-    try:
-        folder = PRETRAINED["tiny.en"].model_dir()
-    except PretrainedError as exc:
-        pytest.skip(str(exc))
-    return load_whisper(folder / "model.bin")[0]
+    return load_whisper(model_dir / "model.bin")[0]
 
 
 def test_encoder_cache_builds_resumes_and_matches(

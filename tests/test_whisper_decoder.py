@@ -11,18 +11,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
 from edgetok.compress import Compression  # noqa: E402
-from edgetok.pretrained import PRETRAINED, PretrainedError  # noqa: E402
 from edgetok.train.fit_decoder import SegmentedSet  # noqa: E402
 from edgetok.train.loop import LoopConfig, TrainingRun  # noqa: E402
 from edgetok.train.tokenset import TokenSet  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    try:
-        return PRETRAINED["tiny.en"].model_dir()
-    except PretrainedError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +136,13 @@ def test_server_stage_decodes_like_torch(model_dir: Path, tmp_path: Path) -> Non
     assert greedy(np.zeros((0, 384), np.float32), np.zeros(0, np.int64)) == ""
     with pytest.raises(ValueError, match="starts"):
         greedy(vectors.numpy(), starts.numpy()[:3])
+
+
+def test_greedy_stops_at_the_last_position(data) -> None:
+    """A decoder that never ends its text stops at Whisper's 448 positions, not past them."""
+    from edgetok.train.fit_whisper_decoder import new_model
+
+    segmented, bpe = data
+    model = new_model(vocab_size=1000, max_len=4).eval()
+    out = model.greedy(segmented, [0], bpe.prompt, eot=-1, max_tokens=10_000)
+    assert len(out[0]) == 448 - len(bpe.prompt)

@@ -26,14 +26,6 @@ CLIPS = [SAMPLE, ALSA / "Front_Center.wav", ALSA / "Rear_Left.wav"]
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> Path:
-    try:
-        return PRETRAINED["tiny.en"].model_dir()
-    except PretrainedError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def whisper(model_dir: Path):
     return load_whisper(model_dir / "model.bin")
 

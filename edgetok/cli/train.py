@@ -64,6 +64,20 @@ def _tokens_option(f):
     )(f)
 
 
+def _manifest_or_human(manifest: Path | None, human: bool) -> Path:
+    """MANIFEST, or the human-speech set's manifest (built under the cache) with --human."""
+    if human == (manifest is not None):
+        raise click.UsageError("give a MANIFEST or --human (not both)")
+    if manifest is not None:
+        return manifest
+    from edgetok.cache import cache_dir
+    from edgetok.humanset import build_human_set
+
+    path = cache_dir() / "human" / "manifest.jsonl"
+    build_human_set(path)
+    return path
+
+
 def _setup(corpus_dir: Path | None, run_name: str, **loop_kwargs):
     try:
         from edgetok.train.loop import LoopConfig
@@ -153,17 +167,10 @@ def semantic_probe_cmd(manifest, human, run_name, threads) -> None:
     """Greedy CTC WER/CER through a semantic run's quantized tokens on MANIFEST."""
     import json
 
-    from edgetok.cache import cache_dir
     from edgetok.train.fit_semantic import probe_manifest
     from edgetok.train.paths import runs_dir
 
-    if human == (manifest is not None):
-        raise click.UsageError("give a MANIFEST or --human (not both)")
-    if human:
-        from edgetok.humanset import build_human_set
-
-        manifest = cache_dir() / "human" / "manifest.jsonl"
-        build_human_set(manifest)
+    manifest = _manifest_or_human(manifest, human)
     click.echo(json.dumps(probe_manifest(runs_dir() / run_name, manifest, threads), indent=1))
 
 
@@ -336,17 +343,10 @@ def v2_eval_cmd(manifest, human, semantic_run, lm_run, decoder_runs, limit, thre
     """WER/CER of the v2 training checkpoints (torch, greedy) on MANIFEST or --human."""
     import json
 
-    from edgetok.cache import cache_dir
     from edgetok.train.fit_whisper_decoder import evaluate_runs
     from edgetok.train.paths import runs_dir
 
-    if human == (manifest is not None):
-        raise click.UsageError("give a MANIFEST or --human (not both)")
-    if human:
-        from edgetok.humanset import build_human_set
-
-        manifest = cache_dir() / "human" / "manifest.jsonl"
-        build_human_set(manifest)
+    manifest = _manifest_or_human(manifest, human)
     runs = {}
     for value in decoder_runs:
         name, sep, run = value.partition("=")

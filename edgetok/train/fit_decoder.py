@@ -84,6 +84,22 @@ def _character_target(text: str) -> np.ndarray:
     return np.array([BOS, *encode_text(text), EOS], dtype=np.int64)
 
 
+def run_compression(
+    run_dir: Path, train: TokenSet, mode: str, *, target_hz: float, min_len: int, max_len: int
+) -> Compression:
+    """The run's compression: the one it recorded, else solved on ``train`` and recorded
+    (a resumed run keeps the rule it started with)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / COMPRESSION_FILE
+    if path.exists():
+        return Compression.from_dict(json.loads(path.read_text()))
+    compression = solve_compression(
+        train, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
+    )
+    path.write_text(json.dumps(compression.to_dict(), indent=2))
+    return compression
+
+
 @dataclass
 class SegmentedSet:
     """Every utterance's padded segments [S_i, L] + masks, and its target ids."""
@@ -182,15 +198,9 @@ def train_decoder(
     """Train (or resume) aggregator + decoder over ``mode`` segments in ``run_dir``;
     a fresh run starts its token embeddings at ``codebook`` when given."""
     train_tokens = load_tokens(corpus_dir, "train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    compression_file = run_dir / COMPRESSION_FILE
-    if compression_file.exists():
-        compression = Compression.from_dict(json.loads(compression_file.read_text()))
-    else:
-        compression = solve_compression(
-            train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
-        )
-        compression_file.write_text(json.dumps(compression.to_dict(), indent=2))
+    compression = run_compression(
+        run_dir, train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
+    )
     train = SegmentedSet.build(train_tokens, compression)
     dev = SegmentedSet.build(load_tokens(corpus_dir, "dev"), compression)
     print(f"{mode}: {train.segments_per_second():.2f} segments/s on train, {compression}")

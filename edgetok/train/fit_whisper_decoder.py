@@ -28,7 +28,7 @@ from edgetok.train.fit_decoder import (
     COMPRESSION_FILE,
     SegmentedSet,
     error_rates,
-    solve_compression,
+    run_compression,
 )
 from edgetok.train.fit_lm import token_vocab
 from edgetok.train.loop import LoopConfig, TrainingRun
@@ -117,7 +117,9 @@ class SegmentWhisper(nn.Module):
     def greedy(
         self, data: SegmentedSet, idx: list[int], prompt: list[int], eot: int, max_tokens: int
     ) -> list[list[int]]:
-        """Greedy token ids after the prompt (the whole text rerun per token)."""
+        """Greedy token ids after the prompt (the whole text rerun per token), at most
+        ``max_tokens`` and never past the decoder's last position."""
+        max_tokens = min(max_tokens, self.decoder.dims.max_text - len(prompt))
         context, counts = self.context(data, idx)
         ids = torch.tensor([prompt] * len(idx))
         done = torch.zeros(len(idx), dtype=torch.bool)
@@ -154,15 +156,9 @@ def train_whisper_decoder(
 ) -> SegmentWhisper:
     """Train (or resume) aggregator + Whisper decoder over ``mode`` segments of v2 tokens."""
     train_tokens = load_tokens(corpus_dir, "train", "v2")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    compression_file = run_dir / COMPRESSION_FILE
-    if compression_file.exists():
-        compression = Compression.from_dict(json.loads(compression_file.read_text()))
-    else:
-        compression = solve_compression(
-            train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
-        )
-        compression_file.write_text(json.dumps(compression.to_dict(), indent=2))
+    compression = run_compression(
+        run_dir, train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
+    )
     bpe = BpeText(whisper_dir("tiny.en"))
     train = SegmentedSet.build(train_tokens, compression, encode=bpe.target)
     dev = SegmentedSet.build(load_tokens(corpus_dir, "dev", "v2"), compression, encode=bpe.target)
