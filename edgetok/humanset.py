@@ -27,7 +27,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-__all__ = ["HUMAN_PACKAGES", "HumanClip", "build_human_set", "human_clips"]
+__all__ = ["HUMAN_PACKAGES", "HumanClip", "build_human_set", "human_clips", "human_manifest"]
 
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -147,3 +147,12 @@ def build_human_set(out: Path, sources: tuple[str, ...] = tuple(_SOURCES)) -> di
                 }
                 sink.write(json.dumps(row) + "\n")
     return {name: len(found) for name, found in clips.items()}
+
+
+def human_manifest() -> tuple[Path, dict[str, int]]:
+    """Build the manifest of every installed source under the cache: (path, clips per
+    source)."""
+    from edgetok.cache import cache_dir
+
+    path = cache_dir() / "human" / "manifest.jsonl"
+    return path, build_human_set(path)

@@ -78,7 +78,7 @@ def test_encoder_cache_builds_resumes_and_matches(
     (corpus / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(wf, "SHARD", 1)  # several shards from a few files
     out = tmp_path / "cache"
-    feats = wf.build_encoder_cache(corpus, "train", out, encoder)
+    feats = wf.build_encoder_cache(corpus, "train", out, lambda: encoder)
     assert len(feats) == len(names) and len(list(out.glob("shard*.lengths.npy"))) > 1
     audio = load_audio(speech_dir / names[-1])
     mel = torch.from_numpy(log_mel(audio, wf.WHISPER_FRONTEND))[None]
@@ -88,7 +88,7 @@ def test_encoder_cache_builds_resumes_and_matches(
     # A lost index is rebuilt from the shards without encoding again.
     (out / wf.INDEX_FILE).unlink()
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("shard*.npy")}
-    again = wf.build_encoder_cache(corpus, "train", out, encoder)
+    again = wf.build_encoder_cache(corpus, "train", out, lambda: encoder)
     assert {p: p.stat().st_mtime_ns for p in out.glob("shard*.npy")} == stamps
     np.testing.assert_array_equal(again.lengths, feats.lengths)
 

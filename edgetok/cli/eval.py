@@ -140,12 +140,10 @@ def _reference_systems(
 
 def _human_manifest() -> Path:
     """Build the human-speech manifest under the cache and say what it holds."""
-    from edgetok.cache import cache_dir
-    from edgetok.humanset import HUMAN_PACKAGES, build_human_set
+    from edgetok.humanset import HUMAN_PACKAGES, human_manifest
 
-    path = cache_dir() / "human" / "manifest.jsonl"
     try:
-        counts = build_human_set(path)
+        path, counts = human_manifest()
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     for source, count in counts.items():

@@ -70,12 +70,9 @@ def _manifest_or_human(manifest: Path | None, human: bool) -> Path:
         raise click.UsageError("give a MANIFEST or --human (not both)")
     if manifest is not None:
         return manifest
-    from edgetok.cache import cache_dir
-    from edgetok.humanset import build_human_set
+    from edgetok.humanset import human_manifest
 
-    path = cache_dir() / "human" / "manifest.jsonl"
-    build_human_set(path)
-    return path
+    return human_manifest()[0]
 
 
 def _setup(corpus_dir: Path | None, run_name: str, **loop_kwargs):

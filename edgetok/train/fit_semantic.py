@@ -40,7 +40,10 @@ def whisper_features(
 ) -> EncoderFeatures:
     """The split's cached encoder features (built on first use, resumable)."""
     torch.set_num_threads(threads)
-    encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
+
+    def encoder() -> torch.nn.Module:
+        return load_whisper(whisper_dir(ENCODER) / "model.bin")[0]
+
     out = whisper_feature_dir(corpus_dir, split, hours)
     return build_encoder_cache(corpus_dir, split, out, encoder, hours=hours)
 

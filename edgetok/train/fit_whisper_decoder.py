@@ -28,6 +28,7 @@ from edgetok.train.fit_decoder import (
     COMPRESSION_FILE,
     SegmentedSet,
     error_rates,
+    prefix_batch,
     run_compression,
 )
 from edgetok.train.fit_lm import token_vocab
@@ -90,17 +91,10 @@ class SegmentWhisper(nn.Module):
 
     def context(self, data: SegmentedSet, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Context [B, S_max, dim] of utterances ``idx`` and their segment counts [B]."""
-        counts = [len(data.segments[i]) for i in idx]
-        tokens = torch.from_numpy(np.concatenate([data.segments[i] for i in idx]).astype(np.int64))
-        mask = np.concatenate([data.masks[i] for i in idx])
-        vectors = self.aggregator(tokens, torch.from_numpy(mask))
-        starts = []
-        for i in idx:
-            lengths = data.masks[i].sum(axis=1)
-            starts.append(np.concatenate([[0], np.cumsum(lengths)[:-1]]))
-        frames = torch.from_numpy(np.concatenate(starts)).clamp(max=len(self.positions) - 1)
-        rows = torch.split(self.context_norm(vectors + self.positions[frames]), counts)
-        return nn.utils.rnn.pad_sequence(list(rows), batch_first=True), torch.tensor(counts)
+        vectors, counts = prefix_batch(self.aggregator, data, idx)
+        starts = [np.concatenate([[0], np.cumsum(data.masks[i].sum(axis=1))[:-1]]) for i in idx]
+        frames = torch.from_numpy(pad_stack(starts)[0]).clamp(max=len(self.positions) - 1)
+        return self.context_norm(vectors + self.positions[frames]), counts
 
     def loss(self, data: SegmentedSet, idx: list[int]) -> torch.Tensor:
         """Mean next-token cross-entropy over the text (prompt excluded)."""

@@ -308,6 +308,16 @@ def _load_mlp(mlp: nn.Sequential, w: dict[str, torch.Tensor], prefix: str) -> No
         mlp[index].bias.copy_(w[f"{prefix}/{name}/bias"])
 
 
+def _load_self_attention_and_mlp(
+    block: EncoderBlock | DecoderBlock, w: dict[str, torch.Tensor], prefix: str
+) -> None:
+    """The parts encoder and decoder blocks share: self-attention, MLP and their norms."""
+    _load_norm(block.attn_ln, w, f"{prefix}/self_attention/layer_norm")
+    _load_attention(block.attn, w, f"{prefix}/self_attention", fused_qkv=True)
+    _load_norm(block.mlp_ln, w, f"{prefix}/ffn/layer_norm")
+    _load_mlp(block.mlp, w, f"{prefix}/ffn")
+
+
 @torch.no_grad()
 def load_whisper(source: CT2Model | str | Path) -> tuple[WhisperEncoder, WhisperDecoder]:
     """Encoder and decoder (float32, eval mode) with the weights of a CTranslate2 Whisper."""
@@ -328,23 +338,16 @@ def load_whisper(source: CT2Model | str | Path) -> tuple[WhisperEncoder, Whisper
     encoder.conv2.bias.copy_(w["encoder/conv2/bias"])
     encoder.positions.copy_(w["encoder/position_encodings/encodings"])
     for i, block in enumerate(encoder.blocks):
-        p = f"encoder/layer_{i}"
-        _load_norm(block.attn_ln, w, f"{p}/self_attention/layer_norm")
-        _load_attention(block.attn, w, f"{p}/self_attention", fused_qkv=True)
-        _load_norm(block.mlp_ln, w, f"{p}/ffn/layer_norm")
-        _load_mlp(block.mlp, w, f"{p}/ffn")
+        _load_self_attention_and_mlp(block, w, f"encoder/layer_{i}")
     _load_norm(encoder.ln_post, w, "encoder/layer_norm")
 
     decoder.token_embedding.weight.copy_(w["decoder/embeddings/weight"])
     decoder.positions.copy_(w["decoder/position_encodings/encodings"])
     for i, block in enumerate(decoder.blocks):
         p = f"decoder/layer_{i}"
-        _load_norm(block.attn_ln, w, f"{p}/self_attention/layer_norm")
-        _load_attention(block.attn, w, f"{p}/self_attention", fused_qkv=True)
+        _load_self_attention_and_mlp(block, w, p)
         _load_norm(block.cross_attn_ln, w, f"{p}/attention/layer_norm")
         _load_attention(block.cross_attn, w, f"{p}/attention", fused_qkv=False)
-        _load_norm(block.mlp_ln, w, f"{p}/ffn/layer_norm")
-        _load_mlp(block.mlp, w, f"{p}/ffn")
     _load_norm(decoder.ln, w, "decoder/layer_norm")
     return encoder.eval(), decoder.eval()
 

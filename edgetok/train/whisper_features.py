@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def build_encoder_cache(
     corpus_dir: Path,
     split: str,
     out_dir: Path,
-    encoder: WhisperEncoder,
+    load_encoder: Callable[[], WhisperEncoder],
     *,
     layers: int | None = None,
     hours: float | None = None,
@@ -126,6 +127,7 @@ def build_encoder_cache(
 
     ``hours`` keeps a deterministic random subset of that much audio; ``layers`` stops
     after that many encoder blocks (default: all, with the final layer norm).
+    ``load_encoder`` is called only when a shard has to be encoded.
     """
     records = read_manifest(corpus_dir / f"{split}.jsonl")
     if hours is not None:
@@ -137,7 +139,7 @@ def build_encoder_cache(
     index_path = out_dir / INDEX_FILE
     if index_path.exists() and json.loads(index_path.read_text())["plan"] == plan:
         return load_encoder_cache(out_dir)
-    encoder = encoder.eval()
+    encoder: WhisperEncoder | None = None
     shards = range(0, len(records), SHARD)
     bar = tqdm(total=len(records), desc=f"whisper encoder {split}", unit="utt")
     lengths: list[int] = []
@@ -147,6 +149,7 @@ def build_encoder_cache(
         lengths_path = out_dir / f"shard{number:04d}.lengths.npy"
         if not (shard_path.exists() and lengths_path.exists()):
             paths = [corpus_dir / r["path"] for r in chunk]
+            encoder = encoder or load_encoder().eval()
             feats = _encode_shard(encoder, paths, layers, max_frames)
             tmp = out_dir / f"shard{number:04d}.tmp.npy"
             np.save(tmp, np.concatenate(feats))
