@@ -1,6 +1,6 @@
-"""The v2 server decoder: segment vectors and their start frames -> text, with the
-pretrained-and-fine-tuned Whisper decoder's two graphs (``edgetok.train.export.
-export_whisper_decoder``) and beam search over its BPE tokens.
+"""The v2 server decoder: segment vectors -> text, with the pretrained-and-fine-tuned
+Whisper decoder's two graphs (``edgetok.train.export.export_whisper_decoder``) and beam
+search over its BPE tokens.
 
 ``context`` runs once per utterance and gives every layer's cross-attention keys and
 values; ``step`` runs the prompt on an empty self-attention cache, then one token per
@@ -23,7 +23,7 @@ TINY_EN_PROMPT = (50257, 50362)
 
 
 class WhisperDecoderStage:
-    """Segment vectors float32 [S, D] and start frames int64 [S] -> text."""
+    """Segment vectors float32 [S, D] -> text."""
 
     def __init__(
         self,
@@ -47,17 +47,12 @@ class WhisperDecoderStage:
         self.prompt = np.array([prompt], dtype=np.int64)
         self.beam, self.length_penalty, self.max_tokens = beam, length_penalty, max_tokens
 
-    def __call__(self, vectors: np.ndarray, starts: np.ndarray) -> str:
+    def __call__(self, vectors: np.ndarray) -> str:
+        if vectors.ndim != 2:
+            raise ValueError(f"segment vectors must be [S, D], got shape {vectors.shape}")
         if vectors.shape[0] == 0:
             return ""
-        if starts.shape != vectors.shape[:1]:
-            raise ValueError(f"{vectors.shape[0]} segment vectors but {starts.shape} starts")
-        cross = self.context.run(
-            {
-                "prefix": np.ascontiguousarray(vectors[None], dtype=np.float32),
-                "starts": np.asarray(starts, dtype=np.int64)[None],
-            }
-        )
+        cross = self.context.run({"vectors": np.ascontiguousarray(vectors[None], np.float32)})
         scorer = _StepScorer(self, cross["cross_keys"], cross["cross_values"])
         limit = min(self.max_tokens, 4 * vectors.shape[0] + 20)
         ids = beam_search(

@@ -56,7 +56,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         train_lm(corpus, runs / "lm", LoopConfig(steps=3, **short), tokenizer="v2")
         score_corpus(corpus, run_entropy(runs / "lm"), tokenizer="v2")
         train_whisper_decoder(
-            corpus, runs / "decoder", LoopConfig(steps=2, **short), target_hz=15.0
+            corpus, runs / "decoder", LoopConfig(steps=2, **short), train_hours=None
         )
     return corpus, runs
 

@@ -1,4 +1,4 @@
-"""v2 decoder: aggregator + pretrained Whisper decoder over segment vectors."""
+"""v2 decoder: feature aggregator + pretrained Whisper decoder over segment vectors."""
 
 from __future__ import annotations
 
@@ -11,28 +11,32 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
 from edgetok.compress import Compression  # noqa: E402
-from edgetok.train.fit_decoder import SegmentedSet  # noqa: E402
 from edgetok.train.loop import LoopConfig, TrainingRun  # noqa: E402
 from edgetok.train.tokenset import TokenSet  # noqa: E402
+from edgetok.train.whisper_features import EncoderFeatures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data(model_dir: Path):
-    from edgetok.train.fit_whisper_decoder import BpeText
+    from edgetok.train.fit_whisper_decoder import BpeText, SegmentedFeatures
 
     rng = np.random.default_rng(0)
     lengths = np.array([40, 25, 60])
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    texts = ["hello world", "press one", "the quick brown fox"]
     tokens = TokenSet(
         tokens=rng.integers(0, 1000, lengths.sum()).astype(np.int16),
-        offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        offsets=offsets,
         lengths=lengths,
-        texts=["hello world", "press one", "the quick brown fox"],
+        texts=texts,
         voices=["a", "b", "a"],
         entropy=None,
     )
+    frames = rng.standard_normal((lengths.sum(), 384)).astype(np.float16)
+    features = EncoderFeatures([frames], np.zeros(3, np.int64), offsets, lengths, [{}] * 3)
     bpe = BpeText(model_dir)
     fixed = Compression(mode="fixed", max_len=4, rate_hz=15.0)
-    return SegmentedSet.build(tokens, fixed, encode=bpe.target), bpe
+    return SegmentedFeatures.build(features, tokens, fixed, bpe.target), bpe
 
 
 def test_targets_are_prompt_bpe_and_end(data) -> None:
@@ -42,23 +46,64 @@ def test_targets_are_prompt_bpe_and_end(data) -> None:
     assert bpe.decode(target[2:].tolist()) == "hello world"
 
 
+def test_segments_hold_the_frames_they_span(data) -> None:
+    segmented, _ = data
+    frames, mask = segmented.segments(1)
+    source = segmented.features.utterance(1)
+    starts = segmented.starts[1]
+    assert mask.sum() == len(source) and frames.shape == (len(starts), 4, 384)
+    for row, start in enumerate(starts):
+        n = int(mask[row].sum())
+        np.testing.assert_array_equal(frames[row, :n], source[start : start + n])
+        assert not frames[row, n:].any()
+
+
+def test_a_fresh_aggregator_gives_each_segments_mean_frame(data) -> None:
+    """The correction starts at zero: the decoder first reads pooled encoder output."""
+    from edgetok.train.fit_whisper_decoder import new_model
+
+    segmented, _ = data
+    model = new_model(max_len=4).eval()
+    frames, mask = segmented.segments(0)
+    with torch.no_grad():
+        vectors = model.aggregator(torch.from_numpy(frames), torch.from_numpy(mask))
+    means = frames.sum(1) / mask.sum(1, keepdims=True)
+    np.testing.assert_allclose(vectors.numpy(), means, atol=1e-5)
+
+
+def test_features_of_another_split_are_refused(data) -> None:
+    from edgetok.train.fit_whisper_decoder import SegmentedFeatures
+
+    segmented, bpe = data
+    tokens = TokenSet(np.zeros(10, np.int16), np.array([0]), np.array([10]), ["a"], ["v"], None)
+    with pytest.raises(ValueError, match="same split"):
+        SegmentedFeatures.build(
+            segmented.features, tokens, Compression(mode="dense", max_len=1), bpe.target
+        )
+
+
 def test_a_training_step_moves_only_what_should(data, tmp_path: Path) -> None:
     from edgetok.train.fit_whisper_decoder import DECODER_LR_SCALE, new_model
 
     segmented, bpe = data
-    model = new_model(vocab_size=1000, max_len=4)
+    model = new_model(max_len=4)
     embedding = model.decoder.token_embedding.weight.detach().clone()
     run = TrainingRun(tmp_path / "run", model, LoopConfig(steps=2, lr=1e-3, warmup=1))
     rates = [group["lr"] for group in run.optimizer.param_groups]
     assert rates[1] == pytest.approx(rates[0] * DECODER_LR_SCALE)
-    batches = iter([[0, 1, 2], [0, 2]])
-    run.train(batches, lambda idx: (model.loss(segmented, idx), {}))
+
+    def loss(idx: list[int]):
+        batch = [segmented.segments(i) for i in idx]
+        return model.loss(batch, [segmented.targets[i] for i in idx]), {}
+
+    run.train(iter([[0, 1, 2], [0, 2]]), loss)
     assert run.step == 2 and (tmp_path / "run" / "last.pt").exists()
     assert torch.equal(model.decoder.token_embedding.weight, embedding)
-    context, counts = model.context(segmented, [0, 2])
+    assert model.aggregator.correction.weight.abs().sum() > 0
+    context, counts = model.context([segmented.segments(i) for i in (0, 2)])
     assert context.shape == (2, int(counts.max()), 384)
     model.eval()
-    out = model.greedy(segmented, [0, 1], bpe.prompt, bpe.eot, max_tokens=5)
+    out = model.greedy([segmented.segments(i) for i in (0, 1)], bpe.prompt, bpe.eot, 5)
     assert len(out) == 2 and all(len(ids) <= 5 and bpe.eot not in ids for ids in out)
 
 
@@ -66,12 +111,12 @@ def test_a_padded_batch_equals_each_item_alone(data) -> None:
     from edgetok.train.fit_whisper_decoder import new_model
 
     segmented, _ = data
-    model = new_model(vocab_size=1000, max_len=4).eval()
+    model = new_model(max_len=4).eval()
     with torch.no_grad():
-        both, counts = model.context(segmented, [1, 2])
+        both, counts = model.context([segmented.segments(i) for i in (1, 2)])
         text = torch.tensor([segmented.targets[1][:4].tolist()] * 2)
         batched = model.decoder(text, both, counts)
-        alone, _ = model.context(segmented, [1])
+        alone, _ = model.context([segmented.segments(1)])
         single = model.decoder(text[:1], alone)
     torch.testing.assert_close(batched[0], single[0], atol=1e-4, rtol=1e-4)
 
@@ -99,7 +144,7 @@ def test_server_graphs_export_with_dynamic_axes(tmp_path: Path) -> None:
     from edgetok.train.export import export_whisper_decoder
     from edgetok.train.fit_whisper_decoder import new_model
 
-    model = new_model(vocab_size=1000, max_len=8).eval()
+    model = new_model(max_len=8).eval()
     diff = export_whisper_decoder(model, tmp_path / "context.onnx", tmp_path / "step.onnx")
     assert diff < 1e-3
 
@@ -113,15 +158,14 @@ def test_server_stage_decodes_like_torch(model_dir: Path, tmp_path: Path) -> Non
     from edgetok.train.fit_whisper_decoder import new_model
     from edgetok.whisper_decoding import TINY_EN_PROMPT, WhisperDecoderStage
 
-    model = new_model(vocab_size=1000, max_len=8).eval()
+    model = new_model(max_len=8).eval()
     export_whisper_decoder(model, tmp_path / "context.onnx", tmp_path / "step.onnx")
     vocab = BpeVocabulary.from_file(model_dir / "vocabulary.txt")
     sessions = open_session(tmp_path / "context.onnx"), open_session(tmp_path / "step.onnx")
     gen = torch.Generator().manual_seed(3)
     vectors = torch.randn(12, 384, generator=gen)
-    starts = torch.arange(12) * 3
     with torch.no_grad():
-        context = model.context_norm(vectors + model.positions[starts])[None]
+        context = vectors[None]
         ids = list(TINY_EN_PROMPT)
         for _ in range(20):
             logits = model.decoder(torch.tensor([ids]), context)[0, -1, : vocab.eot + 1]
@@ -130,12 +174,12 @@ def test_server_stage_decodes_like_torch(model_dir: Path, tmp_path: Path) -> Non
             ids.append(int(logits.argmax()))
     want = vocab.decode(ids[2:])
     greedy = WhisperDecoderStage(*sessions, vocab, beam=1, max_tokens=20)
-    assert greedy(vectors.numpy(), starts.numpy()) == want
+    assert greedy(vectors.numpy()) == want
     beam = WhisperDecoderStage(*sessions, vocab, beam=4, max_tokens=20)
-    assert isinstance(beam(vectors.numpy(), starts.numpy()), str)
-    assert greedy(np.zeros((0, 384), np.float32), np.zeros(0, np.int64)) == ""
-    with pytest.raises(ValueError, match="starts"):
-        greedy(vectors.numpy(), starts.numpy()[:3])
+    assert isinstance(beam(vectors.numpy()), str)
+    assert greedy(np.zeros((0, 384), np.float32)) == ""
+    with pytest.raises(ValueError, match=r"\[S, D\]"):
+        greedy(vectors.numpy()[None])
 
 
 def test_greedy_stops_at_the_last_position(data) -> None:
@@ -143,6 +187,6 @@ def test_greedy_stops_at_the_last_position(data) -> None:
     from edgetok.train.fit_whisper_decoder import new_model
 
     segmented, bpe = data
-    model = new_model(vocab_size=1000, max_len=4).eval()
-    out = model.greedy(segmented, [0], bpe.prompt, eot=-1, max_tokens=10_000)
+    model = new_model(max_len=4).eval()
+    out = model.greedy([segmented.segments(0)], bpe.prompt, eot=-1, max_tokens=10_000)
     assert len(out[0]) == 448 - len(bpe.prompt)

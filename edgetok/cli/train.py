@@ -298,12 +298,34 @@ def decoder_cmd(
 @click.option("--target-hz", type=float, default=15.0, show_default=True)
 @click.option("--min-len", type=int, default=2, show_default=True)
 @click.option("--max-len", type=int, default=8, show_default=True)
-@click.option("--max-positions", type=int, default=6_000, show_default=True)
+@click.option(
+    "--max-positions",
+    type=int,
+    default=1_000,
+    show_default=True,
+    help="Segments + text tokens per batch.",
+)
+@click.option(
+    "--train-hours",
+    type=float,
+    default=12.0,
+    show_default=True,
+    help="The train subset whose encoder features and v2 tokens were cached.",
+)
 def whisper_decoder_cmd(
-    corpus_dir, run_name, mode, target_hz, min_len, max_len, max_positions, **loop_kwargs
+    corpus_dir,
+    run_name,
+    mode,
+    target_hz,
+    min_len,
+    max_len,
+    max_positions,
+    train_hours,
+    **loop_kwargs,
 ) -> None:
     """v2: train the aggregator and fine-tune the pretrained Whisper tiny.en decoder over
-    MODE segments of the v2 tokens (after semantic-tokenize, lm --tokens v2, score)."""
+    MODE segments: cut where the v2 tokens say, read from the encoder frames they span
+    (after semantic-tokenize, lm --tokens v2, score)."""
     name = run_name or f"whisper_decoder_{mode}"
     corpus, run_dir, loop = _setup(corpus_dir, name, **loop_kwargs)
     from edgetok.train.fit_whisper_decoder import train_whisper_decoder
@@ -317,6 +339,7 @@ def whisper_decoder_cmd(
         min_len=min_len,
         max_len=max_len,
         max_positions=max_positions,
+        train_hours=train_hours,
     )
 
 

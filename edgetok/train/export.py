@@ -262,7 +262,7 @@ def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
 
 
 #: I/O of the v2 server graphs (``fit_whisper_decoder``).
-CONTEXT_INPUTS = ("prefix", "starts")
+CONTEXT_INPUTS = ("vectors",)
 CONTEXT_OUTPUTS = ("cross_keys", "cross_values")
 STEP_INPUTS = ("text", "cross_keys", "cross_values", "past_keys", "past_values")
 STEP_OUTPUTS = ("logits", "keys", "values")
@@ -278,8 +278,7 @@ def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path
     layers, heads, head_dim = dims.decoder_layers, dims.heads, dims.dim // dims.heads
 
     def make_context(gen: torch.Generator, b: int, s: int) -> Inputs:
-        starts = torch.sort(torch.randint(0, 4 * s + 1, (b, s), generator=gen)).values
-        return torch.randn(b, s, dims.dim, generator=gen), starts
+        return (torch.randn(b, s, dims.dim, generator=gen),)
 
     def make_step(gen: torch.Generator, b: int, s: int, u: int, p: int) -> Inputs:
         text = torch.randint(0, dims.vocab, (b, u), generator=gen)
@@ -295,7 +294,7 @@ def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path
         context_path,
         CONTEXT_INPUTS,
         CONTEXT_OUTPUTS,
-        {"prefix": {0: "B", 1: "S"}, "starts": {0: "B", 1: "S"}},
+        {"vectors": {0: "B", 1: "S"}},
         example=(2, 9),
         checks=[(1, 1), (1, 150)],
     )

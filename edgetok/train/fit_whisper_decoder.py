@@ -1,18 +1,21 @@
 """Stage 3 of v2: the aggregator and the pretrained Whisper decoder reading segment vectors.
 
-``SegmentWhisper``: the aggregator fuses each segment's v2 tokens into one vector of the
-decoder's width; the vector plus Whisper's encoder position of the segment's first token
-(its 50 Hz frame, as the original encoder output would carry it), layer-normed, is what
-the Whisper tiny.en decoder cross-attends to. The decoder writes Whisper BPE after the
-prompt ``<|startoftranscript|><|notimestamps|>``. Its token embedding (tied to the output
-head) and positions stay frozen; its blocks train at ``DECODER_LR_SCALE`` times the
-aggregator's learning rate. The three compressions (entropy, fixed, dense) train the same
-way on the same tokens (``fit_decoder.solve_compression``).
+The v2 tokens decide where segments are cut (entropy, or the fixed-rate and dense
+baselines on the same tokens, ``fit_decoder.solve_compression``); what each segment says
+is read from the frozen encoder's frames it spans. ``SegmentWhisper``: the
+``FeatureAggregator`` fuses a segment's frames into one vector of the decoder's width
+(their mean plus a learned correction), and the Whisper tiny.en decoder cross-attends to
+those vectors and writes BPE after ``<|startoftranscript|><|notimestamps|>``. A fresh
+model already reads the mean frames (Whisper's encoder output, pooled), so fine-tuning
+starts from a decoder that half works. The token embedding (tied to the output head) and
+positions stay frozen; the blocks train at ``DECODER_LR_SCALE`` times the aggregator's
+rate.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +26,72 @@ from torch import nn
 from edgetok.compress import Compression
 from edgetok.evaluate import normalize
 from edgetok.pretrained import whisper_dir
+from edgetok.segment import segments_to_padded
 from edgetok.train.batching import bucketed_batches, pad_stack
 from edgetok.train.fit_decoder import (
     COMPRESSION_FILE,
-    SegmentedSet,
+    TOKEN_RATE_HZ,
     error_rates,
-    prefix_batch,
     run_compression,
 )
-from edgetok.train.fit_lm import token_vocab
+from edgetok.train.fit_semantic import DEFAULT_TRAIN_HOURS, ENCODER, whisper_features
 from edgetok.train.loop import LoopConfig, TrainingRun
-from edgetok.train.models import Aggregator, AggregatorConfig
-from edgetok.train.tokenset import load_tokens
+from edgetok.train.models import FeatureAggregator, FeatureAggregatorConfig
+from edgetok.train.tokenset import TokenSet, load_tokens
 from edgetok.train.whisper import WhisperDecoder, load_whisper
+from edgetok.train.whisper_features import EncoderFeatures
 
-__all__ = ["BpeText", "SegmentWhisper", "train_whisper_decoder"]
+__all__ = ["BpeText", "SegmentWhisper", "SegmentedFeatures", "train_whisper_decoder"]
 
 #: The decoder's blocks learn at this fraction of the aggregator's rate.
 DECODER_LR_SCALE = 0.1
 IGNORE = -100
+
+#: One utterance's segments: frames [S, L, D] float32 and mask [S, L] bool.
+Segments = tuple[np.ndarray, np.ndarray]
+
+
+def segment_frames(frames: np.ndarray, starts: np.ndarray, max_len: int) -> Segments:
+    """Encoder frames [T, D] cut at ``starts``, one segment a row, zero-padded to
+    ``max_len`` (``segment.segments_to_padded`` over frame indices)."""
+    index, mask = segments_to_padded(np.arange(len(frames)), starts, max_len)
+    return frames[index] * mask[..., None], mask
+
+
+@dataclass
+class SegmentedFeatures:
+    """A split's encoder features, every utterance's segment starts and its targets."""
+
+    features: EncoderFeatures
+    starts: list[np.ndarray]
+    max_len: int
+    targets: list[np.ndarray]
+    texts: list[str]
+
+    @classmethod
+    def build(
+        cls, features: EncoderFeatures, tokens: TokenSet, compression: Compression, encode
+    ) -> SegmentedFeatures:
+        """Cut each utterance where ``compression`` cuts its tokens (one per frame)."""
+        if len(features) != len(tokens) or not np.array_equal(features.lengths, tokens.lengths):
+            raise ValueError("the encoder features and the v2 tokens are not of the same split")
+        starts = []
+        for i in range(len(tokens)):
+            entropy = tokens.utterance_entropy(i) if compression.mode == "entropy" else None
+            starts.append(compression.starts(tokens.utterance(i), entropy))
+        targets = [encode(t) for t in tokens.texts]
+        return cls(features, starts, compression.max_len, targets, list(tokens.texts))
+
+    def segments(self, i: int) -> Segments:
+        return segment_frames(self.features.utterance(i), self.starts[i], self.max_len)
+
+    def lengths(self) -> np.ndarray:
+        """Decoder work per utterance: segments + text tokens."""
+        return np.array([len(s) + len(t) for s, t in zip(self.starts, self.targets, strict=True)])
+
+    def segments_per_second(self) -> float:
+        frames = int(self.features.lengths.sum())
+        return sum(len(s) for s in self.starts) * TOKEN_RATE_HZ / max(1, frames)
 
 
 class BpeText:
@@ -67,56 +117,53 @@ class BpeText:
 
 
 class SegmentWhisper(nn.Module):
-    """Aggregator + position + layer norm -> the pretrained Whisper decoder."""
+    """Feature aggregator -> the pretrained Whisper decoder."""
 
-    def __init__(
-        self, decoder: WhisperDecoder, positions: torch.Tensor, vocab_size: int, max_len: int
-    ) -> None:
+    def __init__(self, decoder: WhisperDecoder, max_len: int) -> None:
         super().__init__()
-        dim = decoder.dims.dim
-        self.aggregator = Aggregator(
-            AggregatorConfig(vocab_size=vocab_size, max_len=max(max_len, 8), out_dim=dim)
+        self.aggregator = FeatureAggregator(
+            FeatureAggregatorConfig(feature_dim=decoder.dims.dim, max_len=max_len)
         )
-        self.context_norm = nn.LayerNorm(dim)
-        self.register_buffer("positions", positions.clone(), persistent=False)
         self.decoder = decoder
         decoder.token_embedding.weight.requires_grad_(False)
         decoder.positions.requires_grad_(False)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The aggregator and norm at ``lr``, the decoder's blocks slower (``TrainingRun``)."""
-        mine = [*self.aggregator.parameters(), *self.context_norm.parameters()]
+        """The aggregator at ``lr``, the decoder's blocks slower (``TrainingRun``)."""
         theirs = [p for p in self.decoder.parameters() if p.requires_grad]
-        return [{"params": mine, "lr": lr}, {"params": theirs, "lr": lr * DECODER_LR_SCALE}]
+        return [
+            {"params": list(self.aggregator.parameters()), "lr": lr},
+            {"params": theirs, "lr": lr * DECODER_LR_SCALE},
+        ]
 
-    def context(self, data: SegmentedSet, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context [B, S_max, dim] of utterances ``idx`` and their segment counts [B]."""
-        vectors, counts = prefix_batch(self.aggregator, data, idx)
-        starts = [np.concatenate([[0], np.cumsum(data.masks[i].sum(axis=1))[:-1]]) for i in idx]
-        frames = torch.from_numpy(pad_stack(starts)[0]).clamp(max=len(self.positions) - 1)
-        return self.context_norm(vectors + self.positions[frames]), counts
+    def context(self, batch: list[Segments]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment vectors [B, S_max, dim] of a batch of utterances and their counts [B]."""
+        counts = [len(mask) for _, mask in batch]
+        frames = torch.from_numpy(np.concatenate([f for f, _ in batch]))
+        mask = torch.from_numpy(np.concatenate([m for _, m in batch]))
+        rows = torch.split(self.aggregator(frames, mask), counts)
+        return nn.utils.rnn.pad_sequence(list(rows), batch_first=True), torch.tensor(counts)
 
-    def loss(self, data: SegmentedSet, idx: list[int]) -> torch.Tensor:
+    def loss(self, batch: list[Segments], targets: list[np.ndarray]) -> torch.Tensor:
         """Mean next-token cross-entropy over the text (prompt excluded)."""
-        context, counts = self.context(data, idx)
-        text, _ = pad_stack([data.targets[i] for i in idx], pad_value=IGNORE)
-        text = torch.from_numpy(text)
+        context, counts = self.context(batch)
+        text = torch.from_numpy(pad_stack(targets, pad_value=IGNORE)[0])
         inputs = text[:, :-1].clamp(min=0)
-        targets = text[:, 1:].clone()
-        targets[:, 0] = IGNORE  # <|notimestamps|> is part of the prompt, given, not learned
+        expected = text[:, 1:].clone()
+        expected[:, 0] = IGNORE  # <|notimestamps|> is part of the prompt, given, not learned
         logits = self.decoder(inputs, context, counts)
-        return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE)
+        return F.cross_entropy(logits.transpose(1, 2), expected, ignore_index=IGNORE)
 
     @torch.no_grad()
     def greedy(
-        self, data: SegmentedSet, idx: list[int], prompt: list[int], eot: int, max_tokens: int
+        self, batch: list[Segments], prompt: list[int], eot: int, max_tokens: int
     ) -> list[list[int]]:
         """Greedy token ids after the prompt (the whole text rerun per token), at most
         ``max_tokens`` and never past the decoder's last position."""
         max_tokens = min(max_tokens, self.decoder.dims.max_text - len(prompt))
-        context, counts = self.context(data, idx)
-        ids = torch.tensor([prompt] * len(idx))
-        done = torch.zeros(len(idx), dtype=torch.bool)
+        context, counts = self.context(batch)
+        ids = torch.tensor([prompt] * len(batch))
+        done = torch.zeros(len(batch), dtype=torch.bool)
         for _ in range(max_tokens):
             step = self.decoder(ids, context, counts)[:, -1].argmax(-1)
             step[done] = eot
@@ -130,10 +177,10 @@ class SegmentWhisper(nn.Module):
         return out
 
 
-def new_model(vocab_size: int, max_len: int, encoder: str = "tiny.en") -> SegmentWhisper:
-    """A fresh ``SegmentWhisper`` on the pinned pretrained weights."""
-    whisper_encoder, decoder = load_whisper(whisper_dir(encoder) / "model.bin")
-    return SegmentWhisper(decoder.train(), whisper_encoder.positions, vocab_size, max_len)
+def new_model(max_len: int) -> SegmentWhisper:
+    """A fresh ``SegmentWhisper`` on the pinned pretrained tiny.en weights."""
+    _, decoder = load_whisper(whisper_dir(ENCODER) / "model.bin")
+    return SegmentWhisper(decoder.train(), max_len)
 
 
 def train_whisper_decoder(
@@ -145,39 +192,44 @@ def train_whisper_decoder(
     target_hz: float = 15.0,
     min_len: int = 2,
     max_len: int = 8,
-    max_positions: int = 6_000,
+    max_positions: int = 1_000,
+    train_hours: float | None = DEFAULT_TRAIN_HOURS,
     dev_utterances: int = 120,
 ) -> SegmentWhisper:
-    """Train (or resume) aggregator + Whisper decoder over ``mode`` segments of v2 tokens."""
+    """Train (or resume) aggregator + Whisper decoder over ``mode`` segments: cut where
+    the v2 tokens say, read from the cached encoder features of the same utterances."""
     train_tokens = load_tokens(corpus_dir, "train", "v2")
     compression = run_compression(
         run_dir, train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
     )
-    bpe = BpeText(whisper_dir("tiny.en"))
-    train = SegmentedSet.build(train_tokens, compression, encode=bpe.target)
-    dev = SegmentedSet.build(load_tokens(corpus_dir, "dev", "v2"), compression, encode=bpe.target)
+    bpe = BpeText(whisper_dir(ENCODER))
+
+    def split(name: str, tokens: TokenSet, hours: float | None) -> SegmentedFeatures:
+        features = whisper_features(corpus_dir, name, hours, threads=loop.threads)
+        return SegmentedFeatures.build(features, tokens, compression, bpe.target)
+
+    train = split("train", train_tokens, train_hours)
+    dev = split("dev", load_tokens(corpus_dir, "dev", "v2"), None)
     print(f"{mode}: {train.segments_per_second():.2f} segments/s on train, {compression}")
 
-    model = new_model(token_vocab(corpus_dir, "v2"), compression.max_len)
+    model = new_model(compression.max_len)
     run = TrainingRun(run_dir, model, loop)
     dev_idx = list(range(min(dev_utterances, len(dev.texts))))
 
     def evaluate() -> dict[str, float]:
         hyps = []
         for start in range(0, len(dev_idx), 16):
-            part = dev_idx[start : start + 16]
-            for ids in model.greedy(dev, part, bpe.prompt, bpe.eot, max_tokens=96):
-                hyps.append(bpe.decode(ids))
+            batch = [dev.segments(i) for i in dev_idx[start : start + 16]]
+            hyps += [bpe.decode(ids) for ids in model.greedy(batch, bpe.prompt, bpe.eot, 96)]
         refs = [dev.texts[i] for i in dev_idx]
         return {f"dev_{k}": v for k, v in error_rates(refs, [normalize(h) for h in hyps]).items()}
 
+    def loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
+        batch = [train.segments(i) for i in idx]
+        return model.loss(batch, [train.targets[i] for i in idx]), {}
+
     batches = bucketed_batches(train.lengths(), max_frames=max_positions, seed=loop.seed + run.step)
-    run.train(
-        batches,
-        lambda idx: (model.loss(train, idx), {}),
-        evaluate=evaluate,
-        desc=f"whisper-decoder-{mode}",
-    )
+    run.train(batches, loss, evaluate=evaluate, desc=f"whisper-decoder-{mode}")
     return model
 
 
@@ -185,8 +237,8 @@ def load_whisper_decoder(run_dir: Path) -> tuple[SegmentWhisper, Compression]:
     """The model and compression of a ``whisper-decoder`` run, in eval mode."""
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
     compression = Compression.from_dict(json.loads((run_dir / COMPRESSION_FILE).read_text()))
-    model = new_model(state["aggregator.embed.weight"].shape[0], compression.max_len)
-    model.load_state_dict(state, strict=False)  # the encoder positions are not saved
+    model = new_model(compression.max_len)
+    model.load_state_dict(state)
     return model.eval(), compression
 
 
@@ -202,8 +254,9 @@ def evaluate_runs(
 ) -> dict:
     """WER and CER per system and voice of the v2 training checkpoints on any manifest,
     greedy, the whole chain in torch: audio -> encoder -> FSQ tokens -> entropy LM ->
-    each run's segments -> aggregator -> Whisper decoder. A check of the trained models
-    before they are exported, not the device's numbers (``edgetok eval`` gives those)."""
+    each run's segments of the encoder frames -> aggregator -> Whisper decoder. A check
+    of the trained models before they are exported, not the device's numbers (``edgetok
+    eval`` gives those)."""
     import jiwer
     from tqdm import tqdm
 
@@ -211,9 +264,8 @@ def evaluate_runs(
     from edgetok.codebook import nearest_centroid
     from edgetok.evaluate import read_manifest
     from edgetok.frontend import log_mel
-    from edgetok.segment import segments_to_padded
     from edgetok.train.fit_lm import load_lm
-    from edgetok.train.fit_semantic import ENCODER, load_semantic
+    from edgetok.train.fit_semantic import load_semantic
     from edgetok.train.models import EntropyLM
     from edgetok.train.whisper_features import WHISPER_FRONTEND, WhisperInput
 
@@ -230,14 +282,13 @@ def evaluate_runs(
         audio = load_audio(utt.path, WHISPER_FRONTEND.sample_rate)
         audio_s += audio.size / WHISPER_FRONTEND.sample_rate
         mel = torch.from_numpy(log_mel(audio, WHISPER_FRONTEND))[None]
-        bounded = bottleneck.bounded(encoder(scale(mel)))[0].numpy()
-        ids = nearest_centroid(bounded, codebook)
+        features = encoder(scale(mel))
+        ids = nearest_centroid(bottleneck.bounded(features)[0].numpy(), codebook)
         entropy = EntropyLM.entropy(lm(torch.from_numpy(ids)[None]))[0].numpy()
         for name, (model, compression) in systems.items():
             starts = compression.starts(ids, entropy)
-            padded, mask = segments_to_padded(ids, starts, compression.max_len)
-            data = SegmentedSet([padded.astype(np.int16)], [mask], [], [], [])
-            out = model.greedy(data, [0], bpe.prompt, bpe.eot, max_tokens=4 * len(starts) + 20)
+            batch = [segment_frames(features[0].numpy(), starts, compression.max_len)]
+            out = model.greedy(batch, bpe.prompt, bpe.eot, max_tokens=4 * len(starts) + 20)
             segments[name] += len(starts)
             for key in ((name, utt.voice), (name, "all")):
                 refs, hyps = pairs.setdefault(key, ([], []))
@@ -255,18 +306,15 @@ def evaluate_runs(
 
 
 class DecoderContextExport(nn.Module):
-    """Server graph 1, once per utterance: segment vectors ``prefix`` [B, S, dim] and their
-    first tokens' frames ``starts`` [B, S] -> every decoder layer's cross-attention
-    ``cross_keys``/``cross_values`` [layers, B, heads, S, head_dim]."""
+    """Server graph 1, once per utterance: segment ``vectors`` [B, S, dim] -> every decoder
+    layer's cross-attention ``cross_keys``/``cross_values`` [layers, B, heads, S, head_dim]."""
 
     def __init__(self, model: SegmentWhisper) -> None:
         super().__init__()
-        self.model = model
+        self.decoder = model.decoder
 
-    def forward(self, prefix: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        frames = starts.clamp(0, len(self.model.positions) - 1)
-        context = self.model.context_norm(prefix + self.model.positions[frames])
-        return self.model.decoder.cross_kv(context)
+    def forward(self, vectors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.decoder.cross_kv(vectors)
 
 
 class DecoderStepExport(nn.Module):

@@ -422,6 +422,49 @@ class Aggregator(nn.Module):
         return self.proj(self.norm(h).flatten(1))
 
 
+@dataclass(frozen=True)
+class FeatureAggregatorConfig:
+    feature_dim: int = 384  # the frozen encoder's width, and the vector's
+    dim: int = 256
+    heads: int = 4
+    ff_dim: int = 256
+    max_len: int = 8  # longest segment (learned in-segment positions)
+    dropout: float = 0.1
+
+
+class FeatureAggregator(nn.Module):
+    """v2: one vector per segment of encoder frames: their mean, plus what a query made
+    from that mean reads from the frames by cross-attention. The correction starts at
+    zero, so a fresh aggregator gives the segment's mean frame, which the pretrained
+    Whisper decoder already reads."""
+
+    def __init__(self, cfg: FeatureAggregatorConfig = FeatureAggregatorConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frames = nn.Linear(cfg.feature_dim, cfg.dim)
+        self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        self.context_norm = nn.LayerNorm(cfg.dim)
+        self.query = nn.Linear(cfg.feature_dim, cfg.dim)
+        self.block = Block(cfg.dim, cfg.heads, cfg.ff_dim, cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.correction = nn.Linear(cfg.dim, cfg.feature_dim)
+        init_weights(self)
+        nn.init.zeros_(self.correction.weight)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """frames [N, L, feature_dim] (L <= max_len), mask [N, L] bool (True = real frame)
+        -> vectors [N, feature_dim]. Padded frames have no effect; a row with no real
+        frame gives a finite, meaningless vector."""
+        length = frames.shape[1]
+        weight = mask.to(frames.dtype)[..., None]
+        mean = (frames * weight).sum(1) / weight.sum(1).clamp(min=1.0)
+        context = self.context_norm(self.frames(frames) + self.pos.weight[:length])
+        pos = torch.arange(length, device=frames.device)
+        keep = mask | (~mask.any(dim=1, keepdim=True) & (pos == 0))
+        h = self.block(self.query(mean)[:, None], keep[:, None, None, :], context=context)
+        return mean + self.correction(self.norm(h[:, 0]))
+
+
 # ------------------------------------------------------------------------------- decoder
 
 
