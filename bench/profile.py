@@ -381,7 +381,7 @@ class _PipelineRunner(_Participant):
     ) -> None:
         from edgetok.client import device_identity
         from edgetok.server import bundle_identity, start_server
-        from edgetok.stages import DecoderStage
+        from edgetok.stages import server_decoder
 
         assert config.bundle is not None
         self.config, self.name = config, config.name
@@ -391,7 +391,7 @@ class _PipelineRunner(_Participant):
         options = SessionOptions(threads=threads)
         self.transcriber = device_transcriber(self.bundle, options)
         self.vad = _timed_vad(options, self.clock)
-        decoder = DecoderStage.from_bundle(self.bundle, options)
+        decoder = server_decoder(self.bundle, options)
         self.decodes: list[float] = []
 
         def decode(vectors: np.ndarray) -> str:

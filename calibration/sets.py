@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 
 from calibration.sources import Utterance
-from edgetok.bundle import MODEL_ROLES, Bundle
+from edgetok.bundle import V1_ROLES, Bundle
 
 __all__ = ["CalibrationSet", "Feeds", "make_calibration"]
 
@@ -96,7 +96,7 @@ def _compute(bundle: Bundle, utterances: Sequence[Utterance]) -> CalibrationSet:
     entropy = EntropyStage(bundle.open("entropy_lm"))
     pack = DecoderPack.from_bundle(bundle, beam=1)  # the greedy transcript
     frontend = frontend_config(bundle)
-    feeds: dict[str, list[Feeds]] = {role: [] for role in MODEL_ROLES}
+    feeds: dict[str, list[Feeds]] = {role: [] for role in V1_ROLES}
     for utt in tqdm(utterances, desc="calibration", unit="utt", leave=False):
         audio = load_audio(utt.path, bundle.audio.sample_rate)
         mel = log_mel(audio, frontend)

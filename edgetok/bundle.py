@@ -10,6 +10,8 @@ and an unknown key is an error that names it and its table::
     [tokens]            rate_hz, vocab_size (K), codebook_file, codebook_sha256
     [segmenter]         global_threshold (optional), relative_threshold (optional),
                         min_len, max_len (tokens), target_hz
+    [text]              optional (v2): vocabulary_file, vocabulary_sha256, the server
+                        decoder's BPE vocabulary (``edgetok.bpe``)
     [models.<role>]     one per role in MODEL_ROLES (at least one):
                         file, backend, precision, sha256, inputs, outputs; inputs and
                         outputs are lists of {name, dtype, shape}, a dynamic dimension a
@@ -55,7 +57,9 @@ __all__ = [
     "FrontendSection",
     "ModelEntry",
     "SegmenterSection",
+    "TextSection",
     "TokensSection",
+    "V1_ROLES",
     "default_bundle_path",
     "load_bundle",
     "sha256_file",
@@ -69,10 +73,24 @@ MANIFEST_NAME: Final = "bundle.toml"
 #: ``past_keys``, ``past_values``; outputs ``logits``, ``keys``, ``values``): prefill and
 #: per-character steps share its weights. A decoder without the cache inputs (``prefix``,
 #: ``text`` -> ``logits``; older bundles, fixed-window builds) still loads and decodes by
-#: rerunning the whole sequence per character.
-MODEL_ROLES: Final = ("tokenizer", "entropy_lm", "aggregator", "decoder")
+#: rerunning the whole sequence per character. A v2 bundle's server decoder is two graphs
+#: instead (``edgetok.whisper_decoding``): ``decoder_context`` (segment vectors -> every
+#: layer's cross-attention keys/values) and ``decoder_step`` (BPE tokens with a
+#: self-attention cache), with the ``[text]`` vocabulary.
+MODEL_ROLES: Final = (
+    "tokenizer",
+    "entropy_lm",
+    "aggregator",
+    "decoder",
+    "decoder_context",
+    "decoder_step",
+)
+
+#: The four models of a v1 bundle (the character decoder): what ``edgetok build`` compiles.
+V1_ROLES: Final = MODEL_ROLES[:4]
 
 _REQUIRED_TABLES: Final = ("bundle", "audio", "frontend", "tokens", "segmenter", "models")
+_OPTIONAL_TABLES: Final = ("text",)
 _FREE_FORM_TABLES: Final = ("training", "eval")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -249,6 +267,20 @@ class TokensSection(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TextSection(_Section):
+    """``[text]`` (v2): the BPE vocabulary the server decoder writes."""
+
+    SECTION: ClassVar[str] = "text"
+    vocabulary_file: str
+    """One token per line, line i is id i (``edgetok.bpe.BpeVocabulary``)."""
+    vocabulary_sha256: str
+
+    def _validate(self, section: str) -> None:
+        self._relative_file(section, "vocabulary_file")
+        self._sha256(section, "vocabulary_sha256")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SegmenterSection(_Section):
     """``[segmenter]``: entropy segmentation; a threshold left out is a rule not used."""
 
@@ -376,6 +408,7 @@ class Bundle:
     segmenter: SegmenterSection
     models: dict[str, ModelEntry]
     """Role (from ``MODEL_ROLES``) -> model, in pipeline order."""
+    text: TextSection | None = None
     training: dict[str, Any] = field(default_factory=dict)
     """Free-form: how the models were trained (corpus, steps, ...)."""
     eval: dict[str, Any] = field(default_factory=dict)
@@ -400,12 +433,10 @@ class Bundle:
                 f"[bundle] schema_version: {version} is not supported; "
                 f"this edgetok reads schema_version {SCHEMA_VERSION}"
             )
+        known = _REQUIRED_TABLES + _OPTIONAL_TABLES + _FREE_FORM_TABLES
         for key in data:
-            if key not in _REQUIRED_TABLES + _FREE_FORM_TABLES:
-                raise BundleError(
-                    f"[{key}]: unknown table; known tables: "
-                    f"{', '.join(_REQUIRED_TABLES + _FREE_FORM_TABLES)}"
-                )
+            if key not in known:
+                raise BundleError(f"[{key}]: unknown table; known tables: {', '.join(known)}")
         for section in _REQUIRED_TABLES:
             if section not in data:
                 raise BundleError(f"[{section}]: missing table")
@@ -423,6 +454,7 @@ class Bundle:
                 for role in MODEL_ROLES
                 if role in models
             },
+            text=TextSection.from_dict(data["text"]) if "text" in data else None,
             training=_free_form(data.get("training", {}), "training"),
             eval=_free_form(data.get("eval", {}), "eval"),
         )
@@ -443,6 +475,8 @@ class Bundle:
             "segmenter": self.segmenter.to_dict(),
             "models": {role: entry.to_dict() for role, entry in self.models.items()},
         }
+        if self.text is not None:
+            data["text"] = self.text.to_dict()
         if self.training:
             data["training"] = self.training
         if self.eval:
@@ -458,6 +492,13 @@ class Bundle:
     def codebook_path(self) -> Path:
         """Path of the codebook ``.npy``."""
         return self._root() / self.tokens.codebook_file
+
+    @property
+    def vocabulary_path(self) -> Path:
+        """Path of the server decoder's BPE vocabulary (a v2 bundle's ``[text]``)."""
+        if self.text is None:
+            raise BundleError(f"bundle {self.meta.name!r} has no [text] vocabulary")
+        return self._root() / self.text.vocabulary_file
 
     def path_of(self, role: str) -> Path:
         """Path of the model file for ``role``."""
@@ -558,6 +599,17 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     files.append(
         ("tokens", "codebook_file", "codebook_sha256", tokens.codebook_file, tokens.codebook_sha256)
     )
+    if bundle.text is not None:
+        text = bundle.text
+        files.append(
+            (
+                "text",
+                "vocabulary_file",
+                "vocabulary_sha256",
+                text.vocabulary_file,
+                text.vocabulary_sha256,
+            )
+        )
     for section, file_key, hash_key, name, expected in files:
         file_path = manifest.parent / name
         if not file_path.is_file():

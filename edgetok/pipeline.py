@@ -347,13 +347,14 @@ class Pipeline:
         t = self.transcriber
         compression = t.pack.compression
         with _stopwatch(timings, "tokenizer", self.clock):
-            tokens = t.tokenizer.from_mel(mel)
+            tokens, frames = t.tokenizer.encode_mel(mel)
         with _stopwatch(timings, "entropy_lm", self.clock):
             entropy = t.entropy(tokens)
         with _stopwatch(timings, "segmenter", self.clock):
             starts = compression.starts(tokens, entropy)
         with _stopwatch(timings, "aggregator", self.clock):
-            vectors = t.pack.aggregator(tokens, starts, compression.max_len)
+            source = t.pack.aggregator.source(tokens, frames)
+            vectors = t.pack.aggregator(source, starts, compression.max_len)
         lengths = np.diff(np.append(starts, len(tokens)))
         with _stopwatch(timings, self.sink.timing, self.clock):
             handle = self.sink.submit(starts, lengths, vectors)

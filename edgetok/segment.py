@@ -50,6 +50,7 @@ __all__ = [
     "pool_segments",
     "segment_lengths",
     "segment_rate",
+    "frames_to_padded",
     "segments_to_padded",
     "stride_for_rate",
     "threshold_for_rate",
@@ -566,3 +567,18 @@ def segments_to_padded(
     idx = (s[:, None] + cols[None, :])[mask]
     padded[mask] = t[idx]
     return padded, mask
+
+
+def frames_to_padded(
+    frames: np.ndarray, starts: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The v2 aggregator's input: encoder frames [T, D] cut at ``starts`` [S].
+
+    Returns ``(padded float32 [S, max_len, D], mask bool [S, max_len])``, zeros where the
+    mask is False; the rules of ``segments_to_padded``, which it applies to frame indices.
+    """
+    x = np.asarray(frames)
+    if x.ndim != 2:
+        raise ValueError(f"frames must be a [T, D] array, got shape {x.shape}")
+    index, mask = segments_to_padded(np.arange(x.shape[0]), starts, max_len)
+    return (x[index] * mask[..., None]).astype(np.float32, copy=False), mask

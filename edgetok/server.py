@@ -81,11 +81,11 @@ Decoder = Callable[[np.ndarray], str] | SupportsDecode
 
 
 def bundle_identity(bundle: Bundle) -> Identity:
-    """The identity a server for ``bundle`` accepts: name, aggregator sha256, prefix size."""
-    prefix = next(spec for spec in bundle.models["decoder"].inputs if spec.name == "prefix")
-    dim = prefix.shape[-1]
+    """The identity a server for ``bundle`` accepts: name, aggregator sha256, vector size."""
+    vectors = next(s for s in bundle.models["aggregator"].outputs if s.name == "vectors")
+    dim = vectors.shape[-1]
     if not isinstance(dim, int):
-        raise ValueError(f"bundle {bundle.meta.name!r}: decoder prefix {prefix} has no fixed D")
+        raise ValueError(f"bundle {bundle.meta.name!r}: aggregator {vectors} has no fixed D")
     sha256 = bundle.models["aggregator"].sha256
     return Identity(bundle=bundle.meta.name, aggregator_sha256=sha256, dim=dim)
 

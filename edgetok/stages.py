@@ -23,7 +23,7 @@ from edgetok.codebook import nearest_centroid
 from edgetok.compress import Compression
 from edgetok.frontend import FrontendConfig, log_mel
 from edgetok.runtime import Session, SessionOptions, open_session
-from edgetok.segment import segments_to_padded, warmup
+from edgetok.segment import frames_to_padded, segments_to_padded, warmup
 from edgetok.vocab import BOS, EOS, VOCAB, decode_ids
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "Transcriber",
     "Transcript",
     "frontend_config",
+    "server_decoder",
 ]
 
 #: The compression rule of a decoder pack (as ``edgetok.train.make_bundle`` writes it).
@@ -62,12 +63,22 @@ def frontend_config(bundle: Bundle) -> FrontendConfig:
 
 
 class TokenizerStage:
-    """Audio float32 [n] -> token ids int64 [T] (log-mel, encoder, nearest centroid)."""
+    """Audio float32 [n] -> token ids int64 [T] (log-mel, encoder, nearest centroid).
+
+    A v2 tokenizer also gives the encoder's frames float32 [T, D] (output ``frames``):
+    the tokens decide where segments are cut, the frames are what the aggregator reads.
+    """
 
     def __init__(self, session: Session, codebook: np.ndarray, frontend: FrontendConfig) -> None:
         self.session = session
         self.codebook = codebook
         self.frontend = frontend
+        self.gives_frames = any(spec.name == "frames" for spec in session.outputs)
+        self._no_frames = (
+            np.zeros((0, _fixed_last_dim(session, "frames")), np.float32)
+            if self.gives_frames
+            else None
+        )
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, options: SessionOptions | None = None) -> TokenizerStage:
@@ -79,10 +90,20 @@ class TokenizerStage:
 
     def from_mel(self, mel: np.ndarray) -> np.ndarray:
         """Token ids int64 [T] of log-mel frames float32 [F, n_mels] (a ``LogMelStream``'s)."""
+        return self.encode_mel(mel)[0]
+
+    def encode(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token ids [T] of ``audio``, and its encoder frames [T, D] (None from v1)."""
+        return self.encode_mel(log_mel(audio, self.frontend))
+
+    def encode_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token ids [T] of log-mel frames [F, n_mels], and the encoder frames [T, D]
+        when this tokenizer gives them (else None)."""
         if mel.shape[0] == 0:
-            return np.zeros(0, np.int64)
-        features = self.session.run({"mel": mel[None]})["features"][0]
-        return nearest_centroid(features, self.codebook)
+            return np.zeros(0, np.int64), self._no_frames
+        out = self.session.run({"mel": mel[None]})
+        tokens = nearest_centroid(out["features"][0], self.codebook)
+        return tokens, out["frames"][0] if self.gives_frames else None
 
 
 class EntropyStage:
@@ -98,19 +119,38 @@ class EntropyStage:
 
 
 class AggregatorStage:
-    """Tokens [T] cut at ``starts`` [S] -> one vector per segment, float32 [S, D].
+    """One segment's tokens (v1) or encoder frames (v2) -> one vector, float32 [S, D].
 
-    All segments of an utterance go through the model in one run, padded to ``max_len``.
+    The model's input names which it reads: ``tokens`` [N, L] or ``frames`` [N, L, F],
+    with ``mask`` [N, L]. All segments of an utterance go through the model in one run,
+    padded to ``max_len``.
     """
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.dim = _fixed_last_dim(session, "vectors")
+        self.reads_frames = any(spec.name == "frames" for spec in session.inputs)
 
-    def __call__(self, tokens: np.ndarray, starts: np.ndarray, max_len: int) -> np.ndarray:
+    def source(self, tokens: np.ndarray, frames: np.ndarray | None) -> np.ndarray:
+        """What this aggregator reads of an utterance: its tokens or its frames."""
+        if not self.reads_frames:
+            return tokens
+        if frames is None:
+            raise ValueError(
+                "this aggregator reads encoder frames, which the tokenizer does not give "
+                "(a v1 tokenizer with a v2 aggregator?)"
+            )
+        return frames
+
+    def __call__(self, source: np.ndarray, starts: np.ndarray, max_len: int) -> np.ndarray:
+        """Vectors [S, D] of ``source`` (``self.source``: tokens [T] or frames [T, F])
+        cut at ``starts`` [S]."""
         if starts.shape[0] == 0:
             return np.zeros((0, self.dim), np.float32)
-        padded, mask = segments_to_padded(tokens, starts, max_len)
+        if self.reads_frames:
+            padded, mask = frames_to_padded(source, starts, max_len)
+            return self.session.run({"frames": padded, "mask": mask})["vectors"]
+        padded, mask = segments_to_padded(source, starts, max_len)
         return self.session.run({"tokens": padded, "mask": mask})["vectors"]
 
 
@@ -248,6 +288,21 @@ class _CachedScorer:
         )
 
 
+SegmentDecoder = Callable[[np.ndarray], str]
+"""Segment vectors float32 [S, D] -> text: ``DecoderStage`` or a v2 ``WhisperDecoderStage``."""
+
+
+def server_decoder(
+    bundle: Bundle, options: SessionOptions | None = None, *, beam: int = DEFAULT_BEAM
+) -> SegmentDecoder:
+    """The bundle's decoder: the v1 character decoder, or v2's Whisper decoder graphs."""
+    if "decoder_step" in bundle.models:
+        from edgetok.whisper_decoding import WhisperDecoderStage
+
+        return WhisperDecoderStage.from_bundle(bundle, options, beam=beam)
+    return DecoderStage.from_bundle(bundle, options, beam=beam)
+
+
 def _timed(timings: dict[str, float], stage: str, fn: Callable[..., _T], *args: Any) -> _T:
     """``fn(*args)``, recording its wall time in seconds as ``timings[stage]``."""
     start = time.perf_counter()
@@ -262,7 +317,7 @@ class DecoderPack:
 
     compression: Compression
     aggregator: AggregatorStage
-    decoder: DecoderStage
+    decoder: SegmentDecoder
 
     @classmethod
     def from_bundle(
@@ -283,7 +338,7 @@ class DecoderPack:
         return cls(
             compression,
             AggregatorStage(bundle.open("aggregator", options=options)),
-            DecoderStage.from_bundle(bundle, options, beam=beam),
+            server_decoder(bundle, options, beam=beam),
         )
 
     @classmethod
@@ -310,13 +365,19 @@ class DecoderPack:
         )
 
     def run(
-        self, tokens: np.ndarray, entropy: np.ndarray, timings: dict[str, float]
+        self,
+        tokens: np.ndarray,
+        entropy: np.ndarray,
+        timings: dict[str, float],
+        frames: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        """(starts [S], vectors [S, D], text) of one utterance; records the seconds of
-        ``segmenter``, ``aggregator`` and ``decoder`` in ``timings``."""
+        """(starts [S], vectors [S, D], text) of one utterance (``frames``: the encoder
+        frames, for a v2 aggregator); records the seconds of ``segmenter``,
+        ``aggregator`` and ``decoder`` in ``timings``."""
         starts = _timed(timings, "segmenter", self.compression.starts, tokens, entropy)
+        source = self.aggregator.source(tokens, frames)
         vectors = _timed(
-            timings, "aggregator", self.aggregator, tokens, starts, self.compression.max_len
+            timings, "aggregator", self.aggregator, source, starts, self.compression.max_len
         )
         text = _timed(timings, "decoder", self.decoder, vectors)
         return starts, vectors, text
@@ -331,6 +392,8 @@ class Encoded:
     duration_s: float
     timings: dict[str, float]
     """Seconds spent in ``tokenizer`` (log-mel included) and ``entropy_lm``."""
+    frames: np.ndarray | None = None
+    """The encoder frames [T, D] of a v2 tokenizer, which its aggregator reads."""
 
 
 @dataclass(frozen=True)
@@ -391,14 +454,16 @@ class Transcriber:
     def encode(self, audio: np.ndarray) -> Encoded:
         """Tokens and entropies of float32 mono ``audio`` at ``sample_rate``."""
         timings: dict[str, float] = {}
-        tokens = _timed(timings, "tokenizer", self.tokenizer, audio)
+        tokens, frames = _timed(timings, "tokenizer", self.tokenizer.encode, audio)
         entropy = _timed(timings, "entropy_lm", self.entropy, tokens)
-        return Encoded(tokens, entropy, len(audio) / self.sample_rate, timings)
+        return Encoded(tokens, entropy, len(audio) / self.sample_rate, timings, frames)
 
     def decode(self, encoded: Encoded, pack: DecoderPack | None = None) -> Transcript:
         """The transcript of ``encoded`` through ``pack`` (default: this one's)."""
         timings = dict(encoded.timings)
-        starts, vectors, text = (pack or self.pack).run(encoded.tokens, encoded.entropy, timings)
+        starts, vectors, text = (pack or self.pack).run(
+            encoded.tokens, encoded.entropy, timings, encoded.frames
+        )
         return Transcript(
             text, encoded.tokens, encoded.entropy, starts, vectors, timings, encoded.duration_s
         )

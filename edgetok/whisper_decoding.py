@@ -14,7 +14,8 @@ import numpy as np
 
 from edgetok.beam import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY, beam_search, log_softmax
 from edgetok.bpe import BpeVocabulary
-from edgetok.runtime import Session
+from edgetok.bundle import Bundle
+from edgetok.runtime import Session, SessionOptions
 
 __all__ = ["WhisperDecoderStage"]
 
@@ -46,6 +47,18 @@ class WhisperDecoderStage:
         self.context, self.step, self.vocab = context, step, vocab
         self.prompt = np.array([prompt], dtype=np.int64)
         self.beam, self.length_penalty, self.max_tokens = beam, length_penalty, max_tokens
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, options: SessionOptions | None = None, *, beam: int = DEFAULT_BEAM
+    ) -> WhisperDecoderStage:
+        """A v2 bundle's ``decoder_context`` and ``decoder_step`` with its ``[text]``."""
+        return cls(
+            bundle.open("decoder_context", options=options),
+            bundle.open("decoder_step", options=options),
+            BpeVocabulary.from_file(bundle.vocabulary_path),
+            beam=beam,
+        )
 
     def __call__(self, vectors: np.ndarray) -> str:
         if vectors.ndim != 2:

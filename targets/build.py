@@ -25,7 +25,7 @@ from calibration import CalibrationSet, Utterance, heldout_source, make_calibrat
 from calibration import read_source as read_audio_source
 from edgetok.bundle import (
     MANIFEST_NAME,
-    MODEL_ROLES,
+    V1_ROLES,
     Bundle,
     load_bundle,
     sha256_file,
@@ -181,7 +181,7 @@ def build(
             f"edgetok build --target {target} --backend {others[0]}"
         ) from None
     source = load_bundle(bundle_path)
-    missing = [role for role in MODEL_ROLES if role not in source.models]
+    missing = [role for role in V1_ROLES if role not in source.models]
     if missing:
         raise BuildError(f"{source.manifest_path}: a build needs every model; missing {missing}")
     out_dir = Path(out_dir)
@@ -196,10 +196,10 @@ def build(
         progress(f"calibration: {len(chosen)} utterances through the FP32 models")
         calibration = make_calibration(source, chosen, out_dir.parent / ".cache" / "calibration")
     artifacts = {}
-    for i, role in enumerate(MODEL_ROLES, 1):
+    for i, role in enumerate(V1_ROLES, 1):
         started = time.perf_counter()
         quantized = calibration is not None and role in INT8_ROLES
-        progress(f"[{i}/{len(MODEL_ROLES)}] {role}: {backend} {'int8' if quantized else 'fp32'}")
+        progress(f"[{i}/{len(V1_ROLES)}] {role}: {backend} {'int8' if quantized else 'fp32'}")
         artifacts[role] = compiler.compile(
             source,
             role,

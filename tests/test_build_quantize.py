@@ -11,7 +11,7 @@ from fixtures import build_fixtures
 torch = pytest.importorskip("torch", reason="rebuilding models needs the train extra (torch)")
 onnx = pytest.importorskip("onnx")
 
-from edgetok.bundle import MODEL_ROLES  # noqa: E402
+from edgetok.bundle import V1_ROLES  # noqa: E402
 from edgetok.runtime import open_session  # noqa: E402
 from edgetok.train.from_onnx import example_inputs, rebuild  # noqa: E402
 from quantize import float_onnx_nodes, get_quantizer  # noqa: E402
@@ -19,7 +19,7 @@ from quantize import float_onnx_nodes, get_quantizer  # noqa: E402
 exported_bundle = build_fixtures.exported_bundle
 
 
-@pytest.mark.parametrize("role", MODEL_ROLES)
+@pytest.mark.parametrize("role", V1_ROLES)
 def test_rebuilt_module_reproduces_onnx(exported_bundle: Path, role: str) -> None:
     path = exported_bundle / f"{role}.onnx"
     module = rebuild(path, role)

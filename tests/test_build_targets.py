@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from fixtures import build_fixtures
 
-from edgetok.bundle import MODEL_ROLES, load_bundle
+from edgetok.bundle import V1_ROLES, load_bundle
 from edgetok.cli import main
 from quantize import INT8_ROLES
 
@@ -45,14 +45,14 @@ def test_onnxruntime_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_
     assert "tokenizer   token agreement" in output and "speed-up" in output
     built = load_bundle(out)
     assert built.meta.target == "x86-cpu"
-    for role in MODEL_ROLES:
+    for role in V1_ROLES:
         entry = built.models[role]
         assert (entry.file, entry.backend, entry.precision) == (
             f"{role}.onnx",
             "onnxruntime",
             "int8" if role in INT8_ROLES else "fp32",
         )
-    assert report_precision(out) == {r: built.models[r].precision for r in MODEL_ROLES}
+    assert report_precision(out) == {r: built.models[r].precision for r in V1_ROLES}
     report = json.loads((out / "parity.json").read_text())
     assert report["utterances"] == 2 and report["calibration_utterances"] == 2
     assert 0.0 <= report["models"]["tokenizer"]["token_agreement"] <= 1.0
@@ -88,7 +88,7 @@ def test_fp32_build_has_exact_parity(
         progress=lambda _: None,
     )
     report = result.report
-    assert report["precision"] == dict.fromkeys(MODEL_ROLES, "fp32")
+    assert report["precision"] == dict.fromkeys(V1_ROLES, "fp32")
     assert report["models"]["tokenizer"]["token_agreement"] == 1.0
     assert report["models"]["entropy_lm"]["entropy_mae"] < 1e-5
     assert report["pipeline"]["boundary_f1"] == 1.0

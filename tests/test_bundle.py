@@ -12,7 +12,7 @@ import tomllib
 from fixtures.make_tiny_bundle import D, K, make_tiny_bundle, weights
 
 from edgetok.bundle import (
-    MODEL_ROLES,
+    V1_ROLES,
     AudioSection,
     Bundle,
     BundleError,
@@ -20,6 +20,7 @@ from edgetok.bundle import (
     FrontendSection,
     ModelEntry,
     SegmenterSection,
+    TextSection,
     TokensSection,
     default_bundle_path,
     load_bundle,
@@ -80,7 +81,7 @@ def test_load_reads_every_field(tiny: Path) -> None:
     assert bundle.segmenter == SegmenterSection(
         global_threshold=2.5, relative_threshold=None, min_len=1, max_len=16, target_hz=15.0
     )
-    assert list(bundle.models) == list(MODEL_ROLES)
+    assert list(bundle.models) == list(V1_ROLES)
     assert bundle.models["aggregator"] == ModelEntry(
         file="aggregator.onnx",
         backend="onnxruntime",
@@ -403,3 +404,20 @@ def test_default_bundle_path() -> None:
             f"the default bundle has not been built: {expected / 'bundle.toml'} does not exist; "
             "pass the path of a bundle directory"
         )
+
+
+def test_text_vocabulary_is_hash_checked(tiny: Path) -> None:
+    """A v2 bundle's ``[text]`` vocabulary: loaded, found, and checked like the models."""
+    vocabulary = tiny / "vocabulary.txt"
+    vocabulary.write_text("a\nb\n")
+    bundle = load_bundle(tiny)
+    assert bundle.text is None
+    with pytest.raises(BundleError, match=r"no \[text\] vocabulary"):
+        _ = bundle.vocabulary_path
+    text = TextSection(vocabulary_file="vocabulary.txt", vocabulary_sha256=sha256_file(vocabulary))
+    write_bundle(dataclasses.replace(bundle, text=text), tiny)
+    assert load_bundle(tiny).vocabulary_path == vocabulary
+    vocabulary.write_text("a\nc\n")
+    assert "[text] vocabulary_sha256: file vocabulary.txt has sha256" in load_error(tiny)
+    vocabulary.unlink()
+    assert "[text] vocabulary_file: file vocabulary.txt not found" in load_error(tiny)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fixtures.make_tiny_bundle import make_tiny_bundle
 
 import edgetok.bundle
-from edgetok.bundle import MODEL_ROLES, load_bundle, sha256_file
+from edgetok.bundle import V1_ROLES, load_bundle, sha256_file
 from edgetok.cli import main
 from edgetok.runtime import available_backends
 
@@ -51,7 +51,7 @@ def test_text_summary(tiny: Path) -> None:
     ]
     assert "              in  mask bool [N, L]" in lines
     assert "              out logits float32 [B, T, 16]" in lines
-    total = sum((tiny / f"{role}.onnx").stat().st_size for role in MODEL_ROLES)
+    total = sum((tiny / f"{role}.onnx").stat().st_size for role in V1_ROLES)
     assert lines[-9].split() == ["total", f"{total / 1000:.1f}", "kB"]
     assert lines[-8:] == [
         "",

@@ -14,6 +14,7 @@ from edgetok.segment import (
     boundaries,
     dedup_starts,
     fixed_stride_starts,
+    frames_to_padded,
     pool_segments,
     segment_lengths,
     segment_rate,
@@ -464,3 +465,18 @@ def test_value_errors(entropy, kwargs, match):
     # settings fail in the constructor, data in push()
     with pytest.raises(ValueError, match=match):
         Segmenter(**kwargs).push(entropy)
+
+
+def test_frames_to_padded_cuts_frames_where_tokens_are_cut():
+    frames = np.arange(20 * 3, dtype=np.float32).reshape(20, 3) + 1
+    starts = np.array([0, 4, 9, 15])
+    padded, mask = frames_to_padded(frames, starts, 6)
+    index, token_mask = segments_to_padded(np.arange(20), starts, 6)
+    assert padded.shape == (4, 6, 3) and padded.dtype == np.float32
+    np.testing.assert_array_equal(mask, token_mask)
+    np.testing.assert_array_equal(padded[mask], frames[index[mask]])
+    assert not padded[~mask].any()
+    with pytest.raises(ValueError, match=r"\[T, D\]"):
+        frames_to_padded(np.arange(5), np.array([0]), 6)
+    with pytest.raises(ValueError, match="max_len"):
+        frames_to_padded(frames, starts, 5)

@@ -95,7 +95,7 @@ def test_encoder_cache_builds_resumes_and_matches(
 
 def test_exported_tokenizer_runs_at_any_length_with_fp16_weights(encoder, tmp_path: Path) -> None:
     """The v2 tokenizer graph: dynamic batch and time, weights stored as float16 (half the
-    file), the same codes as torch up to that rounding."""
+    file), the same codes and encoder frames as torch up to that rounding."""
     import onnx
 
     from edgetok.train.export import export_semantic_tokenizer
@@ -105,6 +105,7 @@ def test_exported_tokenizer_runs_at_any_length_with_fp16_weights(encoder, tmp_pa
     path = tmp_path / "tokenizer.onnx"
     assert export_semantic_tokenizer(module, path) < 5e-3
     model = onnx.load(str(path))
+    assert [o.name for o in model.graph.output] == ["features", "frames"]
     halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert len(halves) > 20 and path.stat().st_size < 25e6
 

@@ -109,6 +109,12 @@ def test_aggregator_one_run_for_all_segments(bundle: Bundle, tokens: np.ndarray)
     assert stage(np.zeros(0, np.int64), np.zeros(0, np.int64), 8).shape == (0, D)
 
 
+def test_v1_stages_read_tokens_not_frames(transcriber: Transcriber, audio: np.ndarray) -> None:
+    tokens, frames = transcriber.tokenizer.encode(audio)
+    assert frames is None and not transcriber.tokenizer.gives_frames
+    assert transcriber.pack.aggregator.source(tokens, frames) is tokens
+
+
 def test_aggregator_rejects_a_segment_longer_than_max_len(bundle: Bundle) -> None:
     with pytest.raises(ValueError, match="has 5 tokens > max_len=4"):
         AggregatorStage(bundle.open("aggregator"))(np.zeros(5, np.int64), np.array([0]), 4)

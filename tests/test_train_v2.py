@@ -92,3 +92,58 @@ def test_decoder_run_loads_and_scores_audio(chain, monkeypatch: pytest.MonkeyPat
     assert entropy["utterances"] == 2 and 0 <= entropy["cer"]
     assert 0 < entropy["segments_per_s"] < 50
     assert set(entropy["voices"]) <= {"espeak_en-us+f4", "flite_rms"}
+
+
+def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
+    chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make_bundle_v2``: the tokenizer gives tokens and encoder frames, the aggregator
+    reads the frames, the server decoder is the Whisper graphs with the BPE vocabulary;
+    greedy text through ONNX equals torch's on the same frames and segments."""
+    from edgetok.audio import load_audio
+    from edgetok.segment import frames_to_padded
+    from edgetok.stages import Transcriber
+    from edgetok.train.make_bundle import make_bundle_v2
+    from edgetok.whisper_decoding import WhisperDecoderStage
+
+    corpus, runs = chain
+    monkeypatch.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
+    first = json.loads((corpus / "test.jsonl").read_text().splitlines()[0])
+    bundle = make_bundle_v2(
+        tmp_path / "bundle",
+        semantic_run=runs / "semantic",
+        lm_run=runs / "lm",
+        decoder_run=runs / "decoder",
+        corpus_dir=corpus,
+        sample_wav=corpus / first["path"],
+    )
+    assert {"decoder_context", "decoder_step", "aggregator"} <= set(bundle.models)
+    assert bundle.text is not None and bundle.frontend.mel_scale == "slaney"
+    diffs = bundle.training["export_max_abs_diff"]
+    assert diffs["aggregator"] < 1e-4 and diffs["decoder"] < 1e-3
+
+    transcriber = Transcriber(bundle, beam=1)
+    assert transcriber.tokenizer.gives_frames and transcriber.pack.aggregator.reads_frames
+    assert isinstance(transcriber.pack.decoder, WhisperDecoderStage)
+    out = transcriber(load_audio(bundle.root / "sample.wav", 16_000))
+    encoded = transcriber.encode(load_audio(bundle.root / "sample.wav", 16_000))
+    assert encoded.frames is not None and encoded.frames.shape == (len(out.tokens), 384)
+    assert out.vectors.shape == (len(out.starts), 384)
+    with pytest.raises(ValueError, match="tokenizer does not give"):
+        transcriber.pack.aggregator.source(out.tokens, None)  # a v1 tokenizer's output
+
+    model, compression = load_whisper_decoder(runs / "decoder")
+    segments = frames_to_padded(encoded.frames, out.starts, compression.max_len)
+    with torch.no_grad():
+        vectors = model.aggregator(*map(torch.from_numpy, segments)).numpy()
+    np.testing.assert_allclose(out.vectors, vectors, atol=1e-4)
+    stage = transcriber.pack.decoder
+    ids = stage.prompt[0].tolist()
+    with torch.no_grad():
+        for _ in range(4 * len(out.starts) + 20):
+            logits = model.decoder(torch.tensor([ids]), torch.from_numpy(vectors)[None])
+            best = int(logits[0, -1, : stage.vocab.eot + 1].argmax())  # no special tokens
+            if best == stage.vocab.eot:
+                break
+            ids.append(best)
+    assert out.text == stage.vocab.decode(ids[2:])

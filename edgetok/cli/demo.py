@@ -57,7 +57,7 @@ def command(
     from edgetok.pipeline import Pipeline
     from edgetok.server import bundle_identity, start_server
     from edgetok.sinks import RemoteSink
-    from edgetok.stages import DecoderStage
+    from edgetok.stages import server_decoder
 
     transcriber = open_transcriber(bundle_path, threads, beam)
     bundle = transcriber.bundle
@@ -71,7 +71,7 @@ def command(
         raise click.ClickException(str(exc)) from None
     vad = vad_config(vad_threshold, min_speech, hangover)
     token = secrets.token_urlsafe(16)
-    decoder = DecoderStage.from_bundle(bundle, beam=beam)
+    decoder = server_decoder(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
     with start_server(decoder, bundle_identity(bundle), token=token) as server:
         url = f"ws://127.0.0.1:{server.port}/"

@@ -60,7 +60,7 @@ def command(
 
     from edgetok.bundle import BundleError, default_bundle_path, load_bundle
     from edgetok.server import Limits, bundle_identity, serve
-    from edgetok.stages import DecoderStage
+    from edgetok.stages import server_decoder
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -75,7 +75,7 @@ def command(
         click.echo(f"no --token or EDGETOK_TOKEN: clients must send token {token}", err=True)
     try:
         loaded = load_bundle(bundle or default_bundle_path())
-        decoder = DecoderStage.from_bundle(loaded, beam=beam)
+        decoder = server_decoder(loaded, beam=beam)
         identity = bundle_identity(loaded)
     except (BundleError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

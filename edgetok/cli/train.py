@@ -427,6 +427,46 @@ def bundle_cmd(
     click.echo(f"wrote {bundle.manifest_path}")
 
 
+@command.command("bundle-v2")
+@_corpus_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Bundle directory to write (replaced once complete).",
+)
+@click.option("--semantic-run", default="semantic", show_default=True)
+@click.option("--lm-run", default="entropy_lm_v2", show_default=True)
+@click.option("--decoder-run", default="whisper_decoder_entropy", show_default=True)
+@click.option("--description", default=None, help="The bundle's one-line description.")
+@click.option(
+    "--sample-voice",
+    default="flite_rms",
+    show_default=True,
+    help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
+)
+def bundle_v2_cmd(
+    corpus_dir, out, semantic_run, lm_run, decoder_run, description, sample_voice
+) -> None:
+    """Export the v2 runs as a bundle: the tokenizer (Whisper encoder + FSQ, fp16-stored
+    weights), entropy LM, feature aggregator, the Whisper decoder's two server graphs,
+    FSQ grid codebook, BPE vocabulary, manifest and sample WAV."""
+    corpus, runs, _ = _setup(corpus_dir, ".")
+    from edgetok.train.make_bundle import make_bundle_v2, write_sample_wav
+
+    sample = write_sample_wav(corpus, sample_voice, runs / "sample.wav")
+    bundle = make_bundle_v2(
+        out,
+        semantic_run=runs / semantic_run,
+        lm_run=runs / lm_run,
+        decoder_run=runs / decoder_run,
+        corpus_dir=corpus,
+        sample_wav=sample,
+        **({"description": description} if description else {}),
+    )
+    click.echo(f"wrote {bundle.manifest_path}")
+
+
 @command.command("export-baselines")
 @click.option("--runs", "run_names", multiple=True, default=("decoder_dense", "decoder_fixed"))
 def export_baselines_cmd(run_names) -> None:

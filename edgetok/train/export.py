@@ -22,6 +22,7 @@ from edgetok.train.models import (
     DecoderExport,
     EntropyLM,
     EntropyLMExport,
+    FeatureAggregator,
     TokenizerEncoder,
     TokenizerExport,
 )
@@ -158,6 +159,27 @@ def export_aggregator(agg: Aggregator, path: str | Path) -> float:
     )
 
 
+def export_feature_aggregator(agg: FeatureAggregator, path: str | Path) -> float:
+    """v2: ``frames`` [N, L, F], ``mask`` [N, L] -> ``vectors`` [N, F]; returns ORT max abs
+    diff."""
+
+    def make(gen: torch.Generator, n: int, length: int) -> Inputs:
+        frames = torch.randn(n, length, agg.cfg.feature_dim, generator=gen)
+        lengths = torch.randint(1, length + 1, (n,), generator=gen)
+        return frames, torch.arange(length)[None, :] < lengths[:, None]
+
+    return _export_and_check(
+        agg,
+        make,
+        path,
+        ["frames", "mask"],
+        ["vectors"],
+        {"frames": {0: "N", 1: "L"}, "mask": {0: "N", 1: "L"}},
+        example=(6, 8),
+        checks=[(3, 1), (11, agg.cfg.max_len)],
+    )
+
+
 def export_decoder(dec: Decoder, path: str | Path) -> float:
     """The bundle's decoder: one graph with a key/value cache (``DecoderExport``).
 
@@ -243,9 +265,9 @@ def export_decoder_full(dec: Decoder, path: str | Path) -> float:
 
 def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
     """The v2 tokenizer (``fit_semantic.SemanticTokenizerExport``): ``mel`` [B, T, 80] ->
-    ``features`` [B, ceil(T/2), d], weights stored as float16 (``onnx_fp16``); returns
-    the ORT max abs diff against torch at other lengths (float16 weight rounding
-    included)."""
+    ``features`` [B, ceil(T/2), d] and ``frames`` [B, ceil(T/2), 384], weights stored as
+    float16 (``onnx_fp16``); returns the ORT max abs diff against torch at other lengths
+    (float16 weight rounding included)."""
     from edgetok.train.onnx_fp16 import store_weights_fp16
 
     def make(gen: torch.Generator, b: int, t: int) -> Inputs:
@@ -255,7 +277,7 @@ def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
     gen = torch.Generator().manual_seed(0)
     full = path.with_name(path.stem + ".fp32.onnx")
     dynamic = {"mel": {0: "B", 1: "T"}}
-    export_onnx(module, make(gen, 2, 100), full, ["mel"], ["features"], dynamic)
+    export_onnx(module, make(gen, 2, 100), full, ["mel"], ["features", "frames"], dynamic)
     store_weights_fp16(full, path)
     full.unlink()
     return max_abs_diff(module, path, [make(gen, *c) for c in ((1, 37), (3, 250), (1, 1001))])

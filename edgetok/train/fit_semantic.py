@@ -201,8 +201,9 @@ def tokenize_semantic_corpus(
 
 class SemanticTokenizerExport(torch.nn.Module):
     """The exported v2 tokenizer: frontend log-mel [B, T, 80] -> Whisper scaling -> frozen
-    encoder -> bottleneck -> bounded codes [B, ceil(T / 2), d] (``features``); the device
-    rounds them to the grid with the bundle's codebook (``FSQ.codebook``)."""
+    encoder -> bottleneck -> bounded codes [B, ceil(T / 2), d] (``features``), which the
+    device rounds to the grid with the bundle's codebook (``FSQ.codebook``), and the
+    encoder's frames [B, ceil(T / 2), 384] (``frames``), which the aggregator reads."""
 
     def __init__(self, encoder: torch.nn.Module, bottleneck: SemanticBottleneck) -> None:
         super().__init__()
@@ -212,5 +213,6 @@ class SemanticTokenizerExport(torch.nn.Module):
         self.encoder = encoder
         self.bottleneck = bottleneck
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.bottleneck.bounded(self.encoder(self.scale(mel)))
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.encoder(self.scale(mel))
+        return self.bottleneck.bounded(frames), frames

@@ -26,7 +26,7 @@ from torch import nn
 from edgetok.compress import Compression
 from edgetok.evaluate import normalize
 from edgetok.pretrained import whisper_dir
-from edgetok.segment import segments_to_padded
+from edgetok.segment import frames_to_padded
 from edgetok.train.batching import bucketed_batches, pad_stack
 from edgetok.train.fit_decoder import (
     COMPRESSION_FILE,
@@ -49,13 +49,6 @@ IGNORE = -100
 
 #: One utterance's segments: frames [S, L, D] float32 and mask [S, L] bool.
 Segments = tuple[np.ndarray, np.ndarray]
-
-
-def segment_frames(frames: np.ndarray, starts: np.ndarray, max_len: int) -> Segments:
-    """Encoder frames [T, D] cut at ``starts``, one segment a row, zero-padded to
-    ``max_len`` (``segment.segments_to_padded`` over frame indices)."""
-    index, mask = segments_to_padded(np.arange(len(frames)), starts, max_len)
-    return frames[index] * mask[..., None], mask
 
 
 @dataclass
@@ -83,7 +76,7 @@ class SegmentedFeatures:
         return cls(features, starts, compression.max_len, targets, list(tokens.texts))
 
     def segments(self, i: int) -> Segments:
-        return segment_frames(self.features.utterance(i), self.starts[i], self.max_len)
+        return frames_to_padded(self.features.utterance(i), self.starts[i], self.max_len)
 
     def lengths(self) -> np.ndarray:
         """Decoder work per utterance: segments + text tokens."""
@@ -287,7 +280,7 @@ def evaluate_runs(
         entropy = EntropyLM.entropy(lm(torch.from_numpy(ids)[None]))[0].numpy()
         for name, (model, compression) in systems.items():
             starts = compression.starts(ids, entropy)
-            batch = [segment_frames(features[0].numpy(), starts, compression.max_len)]
+            batch = [frames_to_padded(features[0].numpy(), starts, compression.max_len)]
             out = model.greedy(batch, bpe.prompt, bpe.eot, max_tokens=4 * len(starts) + 20)
             segments[name] += len(starts)
             for key in ((name, utt.voice), (name, "all")):

@@ -1,6 +1,7 @@
 """Assemble a model bundle from trained runs: FP32 ONNX of the four models (the decoder as
 one graph with a key/value cache, ``export_decoder``), the codebook, ``bundle.toml`` with
-training facts and eval numbers, and a sample WAV."""
+training facts and eval numbers, and a sample WAV. ``make_bundle_v2`` does the same for
+the v2 runs on pretrained Whisper (the decoder as two graphs, with its BPE vocabulary)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,22 @@ from edgetok.bundle import (
     FrontendSection,
     ModelEntry,
     SegmenterSection,
+    TextSection,
     TokensSection,
     load_bundle,
     sha256_file,
     write_bundle,
 )
+from edgetok.compress import Compression
 from edgetok.frontend import FrontendConfig
 from edgetok.train.export import (
     export_aggregator,
     export_decoder,
     export_entropy_lm,
+    export_feature_aggregator,
+    export_semantic_tokenizer,
     export_tokenizer,
+    export_whisper_decoder,
 )
 from edgetok.train.fit_decoder import TOKEN_RATE_HZ, load_speech_to_text
 from edgetok.train.fit_lm import load_lm
@@ -116,31 +122,133 @@ def make_bundle(
     model, compression = load_speech_to_text(decoder_run)
     if compression.mode != "entropy":
         raise ValueError(f"{decoder_run}: a bundle needs the entropy decoder, not {compression}")
-    staging = out_dir.with_name(f".{out_dir.name}.building")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = _staging(out_dir)
     if base_bundle is not None:
         diffs, facts = _copy_front(staging, base_bundle)
     else:
         diffs, facts = _export_front(staging, tokenizer_run, lm_run)
     diffs["aggregator"] = export_aggregator(model.aggregator, staging / MODEL_FILES["aggregator"])
     diffs["decoder"] = export_decoder(model.decoder, staging / MODEL_FILES["decoder"])
-    codebook = np.load(staging / CODEBOOK_FILE)
     if sample_wav is not None:
         shutil.copy(sample_wav, staging / "sample.wav")
+    facts["decoder"] = _training_facts(decoder_run)
+    return _finish(
+        staging,
+        out_dir,
+        {role: staging / file for role, file in MODEL_FILES.items()},
+        meta=_meta(name, description),
+        frontend=FrontendConfig(),
+        compression=compression,
+        corpus_dir=corpus_dir,
+        facts=facts,
+        diffs=diffs,
+        eval_results=eval_results,
+    )
 
-    models = {}
-    for role, file in MODEL_FILES.items():
-        models[role] = ModelEntry.fp32_onnx(staging / file)
-    frontend = FrontendConfig()
+
+V2_MODEL_FILES = {
+    "tokenizer": "tokenizer.onnx",
+    "entropy_lm": "entropy_lm.onnx",
+    "aggregator": "aggregator.onnx",
+    "decoder_context": "decoder_context.onnx",
+    "decoder_step": "decoder_step.onnx",
+}
+VOCABULARY_FILE = "vocabulary.txt"
+
+
+def make_bundle_v2(
+    out_dir: Path,
+    *,
+    semantic_run: Path,
+    lm_run: Path,
+    decoder_run: Path,
+    corpus_dir: Path,
+    name: str = "edgetok-v2",
+    description: str = "Whisper tiny.en encoder and decoder, fine-tuned on synthetic speech.",
+    sample_wav: Path | None = None,
+    eval_results: dict[str, Any] | None = None,
+) -> Bundle:
+    """Export the v2 runs (``semantic``, ``lm --tokens v2``, ``whisper-decoder --mode
+    entropy``) into ``out_dir`` (replaced once complete) and return the loaded bundle."""
+    from edgetok.pretrained import PRETRAINED, whisper_dir
+    from edgetok.train.fit_semantic import ENCODER, SemanticTokenizerExport, load_semantic
+    from edgetok.train.fit_whisper_decoder import load_whisper_decoder
+    from edgetok.train.whisper import load_whisper
+    from edgetok.train.whisper_features import WHISPER_FRONTEND
+
+    model, compression = load_whisper_decoder(decoder_run)
+    if compression.mode != "entropy":
+        raise ValueError(f"{decoder_run}: a bundle needs the entropy decoder, not {compression}")
+    staging = _staging(out_dir)
+    paths = {role: staging / file for role, file in V2_MODEL_FILES.items()}
+    encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
+    bottleneck = load_semantic(semantic_run)
+    tokenizer = SemanticTokenizerExport(encoder, bottleneck)
+    diffs = {
+        "tokenizer": export_semantic_tokenizer(tokenizer, paths["tokenizer"]),
+        "entropy_lm": export_entropy_lm(load_lm(lm_run), paths["entropy_lm"]),
+        "aggregator": export_feature_aggregator(model.aggregator, paths["aggregator"]),
+        "decoder": export_whisper_decoder(model, paths["decoder_context"], paths["decoder_step"]),
+    }
+    np.save(staging / CODEBOOK_FILE, bottleneck.fsq.codebook())
+    shutil.copy(whisper_dir(ENCODER) / VOCABULARY_FILE, staging / VOCABULARY_FILE)
+    if sample_wav is not None:
+        shutil.copy(sample_wav, staging / "sample.wav")
+    runs = {"tokenizer": semantic_run, "entropy_lm": lm_run, "decoder": decoder_run}
+    facts: dict[str, Any] = {role: _training_facts(run) for role, run in runs.items()}
+    facts["pretrained"] = {"whisper": ENCODER, "sha256": PRETRAINED[ENCODER].model_sha256}
+    return _finish(
+        staging,
+        out_dir,
+        paths,
+        meta=_meta(name, description),
+        frontend=WHISPER_FRONTEND,
+        compression=compression,
+        corpus_dir=corpus_dir,
+        facts=facts,
+        diffs=diffs,
+        text=TextSection(
+            vocabulary_file=VOCABULARY_FILE,
+            vocabulary_sha256=sha256_file(staging / VOCABULARY_FILE),
+        ),
+        eval_results=eval_results,
+    )
+
+
+def _meta(name: str, description: str) -> BundleMeta:
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return BundleMeta(name=name, created=created, description=description)
+
+
+def _staging(out_dir: Path) -> Path:
+    """An empty directory beside ``out_dir`` to build the bundle in."""
+    staging = out_dir.with_name(f".{out_dir.name}.building")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _finish(
+    staging: Path,
+    out_dir: Path,
+    model_paths: dict[str, Path],
+    *,
+    meta: BundleMeta,
+    frontend: FrontendConfig,
+    compression: Compression,
+    corpus_dir: Path,
+    facts: dict[str, Any],
+    diffs: dict[str, float],
+    text: TextSection | None = None,
+    eval_results: dict[str, Any] | None = None,
+) -> Bundle:
+    """Write the manifest of the files in ``staging`` (the codebook, ``model_paths``),
+    move it to ``out_dir`` (replacing it) and return the loaded bundle."""
+    codebook = np.load(staging / CODEBOOK_FILE)
     corpus_info = json.loads((corpus_dir / "corpus.json").read_text())
     bundle = Bundle(
-        meta=BundleMeta(
-            name=name,
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            description=description,
-        ),
+        meta=meta,
         audio=AudioSection(sample_rate=frontend.sample_rate),
         frontend=FrontendSection.of_recipe(frontend),
         tokens=TokensSection(
@@ -156,7 +264,8 @@ def make_bundle(
             max_len=compression.max_len,
             target_hz=float(compression.target_hz or 15.0),
         ),
-        models=models,
+        models={role: ModelEntry.fp32_onnx(path) for role, path in model_paths.items()},
+        text=text,
         training={
             "corpus": {
                 "name": corpus_dir.name,
@@ -164,7 +273,6 @@ def make_bundle(
                 "hours": {k: float(v) for k, v in corpus_info["hours"].items()},
             },
             **facts,
-            "decoder": _training_facts(decoder_run),
             "export_max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         },
         eval=eval_results or {},
