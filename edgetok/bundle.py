@@ -15,7 +15,10 @@ and an unknown key is an error that names it and its table::
     [models.<role>]     one per role in MODEL_ROLES (at least one):
                         file, backend, precision, sha256, inputs, outputs; inputs and
                         outputs are lists of {name, dtype, shape}, a dynamic dimension a
-                        name ("T") or "?"
+                        name ("T") or "?"; optional external_file, external_sha256,
+                        external_source: ONNX external data rebuilt from a pinned
+                        pretrained wheel ("tiny.en:decoder/embeddings/weight") when the
+                        model is opened, never committed
     [training] [eval]   free-form: nested tables of strings, numbers, booleans and
                         lists of those
 
@@ -344,6 +347,11 @@ class ModelEntry(_Section):
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    external_file: str | None = None
+    """ONNX external data of the model that is not shipped: rebuilt on ``Bundle.open``."""
+    external_sha256: str | None = None
+    external_source: str | None = None
+    """``<pretrained model>:<variable>`` (``edgetok.pretrained.pretrained_bytes``)."""
 
     @classmethod
     def fp32_onnx(cls, path: Path) -> ModelEntry:
@@ -376,6 +384,16 @@ class ModelEntry(_Section):
             f"is not one of {', '.join(PRECISIONS)}",
         )
         self._sha256(section, "sha256")
+        external = (self.external_file, self.external_sha256, self.external_source)
+        if any(value is not None for value in external):
+            self._require(
+                all(value is not None for value in external),
+                section,
+                "external_file",
+                "needs external_sha256 and external_source too",
+            )
+            self._relative_file(section, "external_file")
+            self._sha256(section, "external_sha256")
 
 
 def _free_form(value: Any, section: str, keys: tuple[str, ...] = ()) -> Any:
@@ -514,6 +532,8 @@ class Bundle:
         dimensions), else ``BundleError``.
         """
         entry = self._entry(role)
+        if entry.external_file is not None:
+            self._ensure_external(role, entry)
         options = options or SessionOptions()
         if options.precision is None:
             options = replace(options, precision=entry.precision)
@@ -529,6 +549,29 @@ class Bundle:
                     f"{'; '.join(map(str, actual))}"
                 )
         return session
+
+    def _ensure_external(self, role: str, entry: ModelEntry) -> None:
+        """Write ``role``'s external data from its pretrained source unless it is there
+        with the manifest's sha256 (the first ``open`` on a fresh install)."""
+        path = self._root() / str(entry.external_file)
+        where = f"{self.manifest_path} [models.{role}]"
+        if path.is_file() and sha256_file(path) == entry.external_sha256:
+            return
+        from edgetok.pretrained import PretrainedError, pretrained_bytes
+
+        try:
+            data = pretrained_bytes(str(entry.external_source))
+        except (PretrainedError, KeyError, ValueError) as exc:
+            raise BundleError(f"{where} external_source: {exc}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry.external_sha256:
+            raise BundleError(
+                f"{where} external_sha256: {entry.external_source} has sha256 {actual}, "
+                f"manifest says {entry.external_sha256}"
+            )
+        temporary = path.with_name(f".{path.name}.part")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
 
     def _root(self) -> Path:
         if self.root is None:

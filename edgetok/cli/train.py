@@ -468,12 +468,16 @@ def bundle_v2_cmd(
 
 
 @command.command("export-baselines")
-@click.option("--runs", "run_names", multiple=True, default=("decoder_dense", "decoder_fixed"))
-def export_baselines_cmd(run_names) -> None:
-    """Export baseline decoders (dense, fixed-rate) for `edgetok eval --baseline`."""
-    from edgetok.train.make_bundle import export_decoder_pack
+@click.option("--runs", "run_names", multiple=True, help="Runs to export (default per --v2).")
+@click.option("--v2", is_flag=True, help="whisper-decoder runs, for a v2 bundle.")
+def export_baselines_cmd(run_names, v2) -> None:
+    """Export baseline decoders (dense, fixed-rate) for `edgetok eval --baseline`, to
+    $EDGETOK_CACHE/exports/RUN."""
+    from edgetok.train.make_bundle import export_decoder_pack, export_whisper_decoder_pack
     from edgetok.train.paths import cache_dir, runs_dir
 
-    for name in run_names:
-        out = export_decoder_pack(runs_dir() / name, cache_dir() / "exports" / name)
+    prefix = "whisper_decoder" if v2 else "decoder"
+    export = export_whisper_decoder_pack if v2 else export_decoder_pack
+    for name in run_names or (f"{prefix}_dense", f"{prefix}_fixed"):
+        out = export(runs_dir() / name, cache_dir() / "exports" / name)
         click.echo(f"wrote {out}")

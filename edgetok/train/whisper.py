@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetok.train.ct2 import CT2Model, read_ct2
+from edgetok.ct2 import CT2Model, read_ct2
 
 __all__ = [
     "WhisperDims",
