@@ -161,6 +161,16 @@ def _backend_reasons() -> dict[str, str | None]:
     return reasons
 
 
+def _failed_parity(path: Path) -> list[str]:
+    """The parity thresholds a built bundle missed, from its ``parity.json``."""
+    from targets.build import PARITY_FILE, failed_checks
+
+    report = path / PARITY_FILE
+    if not report.is_file():
+        return []
+    return failed_checks(json.loads(report.read_text(encoding="utf-8")))
+
+
 def _artifacts(path: Path) -> tuple[str, ...]:
     """The sha256 of a bundle's device models, as its manifest states them."""
     bundle = load_bundle(path, verify=False)
@@ -225,6 +235,11 @@ def find_configs(
                     configs.append(Config(target, manifest.parent, reason=reason))
                 continue
             if config.target != target:
+                continue
+            missed = _failed_parity(manifest.parent)
+            if missed:
+                reason = f"its parity check failed ({', '.join(missed)})"
+                found.append(replace(config, reason=reason, label=manifest.parent.name))
                 continue
             identity = _artifacts(manifest.parent)
             if identity in seen:  # the same models built twice: benchmark them once

@@ -25,9 +25,9 @@ The decision at ``t`` needs only ``(t, H[t-1], L)``: that is the carry the strea
 :class:`Segmenter` keeps, so any chunking gives exactly the batch boundaries.
 
 Also here: :func:`threshold_for_rate` (solve a threshold for a target segment rate),
-and the baselines and helpers the aggregator uses: :func:`fixed_stride_starts`,
-:func:`dedup_starts`, :func:`pool_segments`, :func:`segment_lengths`,
-:func:`segments_to_padded`; :func:`warmup` loads the kernels at start-up.
+and the helpers the aggregator uses: :func:`segment_lengths`, :func:`segments_to_padded`
+(tokens) and :func:`frames_to_padded` (v2's encoder frames); :func:`warmup` loads the
+kernels at start-up. The fixed-rate baseline is ``edgetok.compress.fixed_rate_starts``.
 """
 
 from __future__ import annotations
@@ -45,14 +45,10 @@ from edgetok.jit import njit
 __all__ = [
     "Segmenter",
     "boundaries",
-    "dedup_starts",
-    "fixed_stride_starts",
-    "pool_segments",
     "segment_lengths",
     "segment_rate",
     "frames_to_padded",
     "segments_to_padded",
-    "stride_for_rate",
     "threshold_for_rate",
     "warmup",
 ]
@@ -447,7 +443,7 @@ def threshold_for_rate(
     return threshold_at(best)
 
 
-# ------------------------------------------------------------- baselines and helpers
+# ----------------------------------------------------------------------------- helpers
 
 
 def _as_starts(starts: object, n: int) -> np.ndarray:
@@ -478,63 +474,6 @@ def segment_lengths(starts: np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"n must be >= 0, got {n}")
     s = _as_starts(starts, n)
     return np.diff(s, append=np.int64(n))
-
-
-def pool_segments(embeddings: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Mean of ``embeddings`` [T, D] over each segment: [S, D] (float dtype kept)."""
-    e = np.asarray(embeddings)
-    if e.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D [T, D] array, got shape {e.shape}")
-    if e.dtype.kind in "biu":
-        e = e.astype(np.float64)
-    elif e.dtype.kind != "f":
-        raise ValueError(f"embeddings must be numeric, got {e.dtype}")
-    s = _as_starts(starts, e.shape[0])
-    if s.size == 0:
-        return np.zeros((0, e.shape[1]), e.dtype)
-    sums = np.add.reduceat(e, s, axis=0)
-    lengths = np.diff(s, append=np.int64(e.shape[0]))
-    return (sums / lengths[:, None]).astype(e.dtype, copy=False)
-
-
-def fixed_stride_starts(n: int, stride: int) -> np.ndarray:
-    """Starts int64 [ceil(n / stride)] of fixed-length segments: ``0, stride, 2 stride, ..``."""
-    n = _check_int(n, "n")
-    stride = _check_int(stride, "stride")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    return np.arange(0, n, stride, dtype=np.int64)
-
-
-def stride_for_rate(token_rate_hz: float, target_hz: float) -> int:
-    """Fixed stride (tokens) nearest to a target rate: ``round(token_rate / target)``, >= 1.
-
-    E.g. 50 tokens/s at 15 Hz -> 3 (16.7 segments/s).
-    """
-    rate = _check_rate(token_rate_hz, "token_rate_hz")
-    target = _check_rate(target_hz, "target_hz")
-    if target > rate:
-        raise ValueError(
-            f"target_hz={target:g} exceeds the token rate {rate:g}: at most one segment a token"
-        )
-    return max(1, int(round(rate / target)))
-
-
-def dedup_starts(tokens: np.ndarray) -> np.ndarray:
-    """Run-length dedup: starts int64 [S] where the token id differs from the previous one."""
-    t = np.asarray(tokens)
-    if t.ndim != 1:
-        raise ValueError(f"tokens must be a 1-D array, got shape {t.shape}")
-    if t.dtype.kind not in "iu":
-        raise ValueError(f"tokens must have an integer dtype, got {t.dtype}")
-    if t.size == 0:
-        return np.zeros(0, np.int64)
-    change = np.empty(t.size, bool)
-    change[0] = True
-    np.not_equal(t[1:], t[:-1], out=change[1:])
-    return np.flatnonzero(change).astype(np.int64, copy=False)
 
 
 def segments_to_padded(

@@ -60,6 +60,16 @@ class BuildResult:
     bundle: Bundle
     report: dict[str, Any]
 
+    @property
+    def failed_checks(self) -> list[str]:
+        """The parity thresholds the build missed (none when parity was not measured)."""
+        return failed_checks(self.report)
+
+
+def failed_checks(report: dict[str, Any]) -> list[str]:
+    """The thresholds a parity report (``parity.json``) marks as missed."""
+    return [name for name, ok in report.get("checks", {}).items() if ok is False]
+
 
 def default_calibration_source(bundle: Bundle) -> Path | None:
     """The corpus the bundle was trained on, when it is in the edgetok cache here."""
@@ -246,9 +256,8 @@ def build(
         report["note"] = "no held-out audio: parity not measured (pass --heldout)"
     report["latency"] = {"tokenizer": _latency(source, built, held)}
     (out_dir / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    write_bundle(
-        replace(built, eval={**built.eval, "parity": _summary(report)}, root=None), out_dir
-    )
+    # Only what was measured on this build: the source's [eval] numbers are not its own.
+    write_bundle(replace(built, eval={"parity": _summary(report)}, root=None), out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return BuildResult(load_bundle(out_dir), report)
 

@@ -321,3 +321,16 @@ def test_machine_description() -> None:
     assert described["cpu"]["logical_cpus"] >= 1 and "python" in described
     assert choose_clock("wall", described) == ("wall", "asked for")
     assert choose_clock("auto", described)[0] in ("wall", "cpu")
+
+
+def test_a_build_that_failed_parity_is_listed_not_benchmarked(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    import json
+
+    _built(tiny_bundle, tmp_path, "x86-cpu-onnxruntime", "x86-cpu")
+    checks = {"token_agreement >= 0.99": False, "boundary_f1 >= 0.95": True}
+    (tmp_path / "x86-cpu-onnxruntime" / "parity.json").write_text(json.dumps({"checks": checks}))
+    (config,) = find_configs(["x86-cpu"], build_dir=tmp_path)
+    assert not config.available
+    assert config.reason == "its parity check failed (token_agreement >= 0.99)"

@@ -17,7 +17,7 @@ from edgetok.audio import load_audio  # noqa: E402
 from edgetok.bundle import ModelEntry, load_bundle, sha256_file, write_bundle  # noqa: E402
 from edgetok.runtime import Session, open_session  # noqa: E402
 from edgetok.stages import DecoderPack, DecoderStage, Transcriber  # noqa: E402
-from edgetok.train.export import export_decoder, export_decoder_full  # noqa: E402
+from edgetok.train.export import export_decoder, export_onnx, max_abs_diff  # noqa: E402
 from edgetok.train.models import Decoder, DecoderConfig, greedy_decode  # noqa: E402
 from edgetok.vocab import decode_ids  # noqa: E402
 
@@ -61,6 +61,20 @@ def test_torch_step_matches_forward() -> None:
             parts.append(logits)
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
     assert keys.shape == (2, 1, 2, 13, 16)
+
+
+def export_decoder_full(dec, path: Path) -> float:
+    """The decoder without a cache, as older bundles and fixed-window builds have it:
+    ``prefix`` [B, S, D], ``text`` [B, U] -> ``logits``; returns the ORT max abs diff."""
+    gen = torch.Generator().manual_seed(0)
+
+    def make(b: int, s: int, u: int) -> tuple:
+        prefix = torch.randn(b, s, dec.cfg.prefix_dim, generator=gen)
+        return prefix, torch.randint(0, dec.cfg.vocab_size, (b, u), generator=gen)
+
+    axes = {"prefix": {0: "B", 1: "S"}, "text": {0: "B", 1: "U"}}
+    export_onnx(dec, make(2, 12, 9), path, ["prefix", "text"], ["logits"], axes)
+    return max_abs_diff(dec, path, [make(1, 5, 1), make(3, 40, 23)])
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgetok.frontend import log_mel, n_frames  # noqa: E402
 from edgetok.train import export  # noqa: E402
-from edgetok.train.features import LogMel, SpecAugment  # noqa: E402
+from edgetok.train.features import SpecAugment  # noqa: E402
 from edgetok.train.models import (  # noqa: E402
     BOS,
     BUDGETS,
@@ -39,28 +37,6 @@ def _mask(lengths: list[int], width: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ features
-
-
-def test_torch_log_mel_matches_numpy() -> None:
-    rng = np.random.default_rng(0)
-    t = np.arange(8000) / 16000
-    audio = np.stack(
-        [
-            rng.uniform(-1, 1, 8000),
-            0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(8000),
-        ]
-    ).astype(np.float32)
-    got = LogMel()(torch.from_numpy(audio)).numpy()
-    assert got.shape == (2, n_frames(8000), 80)
-    for row, want in zip(got, audio, strict=True):
-        assert np.max(np.abs(row - log_mel(want))) <= 1e-3
-
-
-def test_log_mel_short_audio_and_frame_lengths() -> None:
-    mel = LogMel()
-    assert mel(torch.zeros(3, 399)).shape == (3, 0, 80)
-    lengths = torch.tensor([0, 399, 400, 560, 16000])
-    assert mel.frame_lengths(lengths).tolist() == [n_frames(int(n)) for n in lengths]
 
 
 def test_spec_augment() -> None:

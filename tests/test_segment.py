@@ -12,14 +12,10 @@ from hypothesis import strategies as st
 from edgetok.segment import (
     Segmenter,
     boundaries,
-    dedup_starts,
-    fixed_stride_starts,
     frames_to_padded,
-    pool_segments,
     segment_lengths,
     segment_rate,
     segments_to_padded,
-    stride_for_rate,
     threshold_for_rate,
     warmup,
 )
@@ -346,60 +342,9 @@ def test_single_array_is_one_sequence():
 # ------------------------------------------------------------ baselines and helpers
 
 
-def test_pool_segments_means():
-    e = np.arange(12, dtype=np.float32).reshape(6, 2)
-    got = pool_segments(e, np.array([0, 2, 3]))
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, [[1, 2], [4, 5], [8, 9]])
-    np.testing.assert_allclose(pool_segments(e, np.arange(6)), e)
-    assert pool_segments(np.zeros((0, 4)), np.zeros(0, np.int64)).shape == (0, 4)
-    np.testing.assert_allclose(pool_segments(np.arange(4).reshape(4, 1), [0, 1]), [[0], [2]])
-
-
-@settings(max_examples=100, deadline=None)
-@given(n=st.integers(1, 60), d=st.integers(1, 4), data=st.data())
-def test_pool_segments_matches_loop(n, d, data):
-    rng = np.random.default_rng(n * 10 + d)
-    e = rng.normal(size=(n, d))
-    rest = data.draw(st.sets(st.integers(1, n - 1), max_size=n - 1)) if n > 1 else set()
-    starts = np.array([0, *sorted(rest)], np.int64)
-    ends = [*starts[1:], n]
-    expected = np.array([e[a:b].mean(axis=0) for a, b in zip(starts, ends, strict=True)])
-    np.testing.assert_allclose(pool_segments(e, starts), expected, rtol=1e-12, atol=1e-12)
-    assert segment_lengths(starts, n).tolist() == [b - a for a, b in zip(starts, ends, strict=True)]
-
-
 def test_segment_lengths():
     assert segment_lengths(np.array([0, 3, 4]), 9).tolist() == [3, 1, 5]
     assert segment_lengths(np.zeros(0, np.int64), 0).tolist() == []
-
-
-def test_fixed_stride_and_rate():
-    assert fixed_stride_starts(10, 3).tolist() == [0, 3, 6, 9]
-    assert fixed_stride_starts(9, 3).tolist() == [0, 3, 6]
-    assert fixed_stride_starts(0, 3).tolist() == []
-    assert fixed_stride_starts(5, 1).tolist() == [0, 1, 2, 3, 4]
-    assert stride_for_rate(50, 15) == 3
-    assert stride_for_rate(50, 12.5) == 4
-    assert stride_for_rate(50, 50) == 1
-    assert stride_for_rate(50, 0.1) == 500
-    with pytest.raises(ValueError, match="exceeds the token rate"):
-        stride_for_rate(50, 60)
-    with pytest.raises(ValueError, match="stride must be >= 1"):
-        fixed_stride_starts(10, 0)
-    with pytest.raises(ValueError, match="n must be >= 0"):
-        fixed_stride_starts(-1, 2)
-
-
-def test_dedup_starts():
-    assert dedup_starts(np.array([5, 5, 6, 7, 7, 7, 5])).tolist() == [0, 2, 3, 6]
-    assert dedup_starts(np.array([1, 1, 1])).tolist() == [0]
-    assert dedup_starts(np.zeros(0, np.int64)).tolist() == []
-    assert dedup_starts(np.array([3], np.uint16)).tolist() == [0]
-    with pytest.raises(ValueError, match="integer dtype"):
-        dedup_starts(np.array([1.0, 2.0]))
-    with pytest.raises(ValueError, match="1-D"):
-        dedup_starts(np.zeros((2, 2), np.int64))
 
 
 def test_segments_to_padded():
@@ -431,7 +376,7 @@ def test_bad_starts(starts, match):
     with pytest.raises(ValueError, match=match):
         segments_to_padded(np.arange(6), np.array(starts), 4)
     with pytest.raises(ValueError, match=match):
-        pool_segments(np.zeros((6, 2)), np.array(starts))
+        frames_to_padded(np.zeros((6, 2)), np.array(starts), 4)
 
 
 # ---------------------------------------------------------------------- bad input

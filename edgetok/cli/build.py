@@ -14,6 +14,8 @@ import click
 from edgetok.cli._common import bundle_option
 
 TARGETS_HELP = "x86-cpu, rpi, jetson, android (targets/*.toml)"
+#: Exit status of a build whose parity report misses a threshold (the bundle is written).
+PARITY_FAILED_EXIT = 3
 
 
 @click.command("build")
@@ -68,7 +70,8 @@ def command(
     (target, backend, precision and sha256 per model), and compared with the FP32
     models on held-out audio: token agreement, entropy error, segment-boundary F1 and
     WER change, stored in parity.json. The tokenizer is timed against FP32 on the same
-    backend, one thread.
+    backend, one thread. Exits with status 3 when a parity threshold is missed (the
+    bundle is still written, and `edgetok bench` lists it as failed).
     """
     from edgetok.bundle import BundleError, default_bundle_path
 
@@ -102,3 +105,6 @@ def command(
     else:
         click.echo(format_report(result.report))
     click.echo(f"built {result.bundle.manifest_path.parent}", err=True)
+    if result.failed_checks:
+        click.echo(f"parity FAILED: {', '.join(result.failed_checks)}", err=True)
+        raise SystemExit(PARITY_FAILED_EXIT)

@@ -242,27 +242,6 @@ def _full_sequence_diff(dec: Decoder, path: str | Path) -> float:
     return worst
 
 
-def export_decoder_full(dec: Decoder, path: str | Path) -> float:
-    """The decoder without a cache, as bundles before the cached graph shipped it:
-    ``prefix`` [B, S, 256], ``text`` [B, U] -> ``logits`` [B, U, V] (one rerun of the
-    whole sequence per character); returns the ORT max abs diff."""
-
-    def make(gen: torch.Generator, b: int, s: int, u: int) -> Inputs:
-        prefix = torch.randn(b, s, dec.cfg.prefix_dim, generator=gen)
-        return prefix, torch.randint(0, dec.cfg.vocab_size, (b, u), generator=gen)
-
-    return _export_and_check(
-        dec,
-        make,
-        path,
-        ["prefix", "text"],
-        ["logits"],
-        {"prefix": {0: "B", 1: "S"}, "text": {0: "B", 1: "U"}},
-        example=(2, 12, 9),
-        checks=[(1, 5, 1), (3, 40, 23)],
-    )
-
-
 def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
     """The v2 tokenizer (``fit_semantic.SemanticTokenizerExport``): ``mel`` [B, T, 80] ->
     ``features`` [B, ceil(T/2), d] and ``frames`` [B, ceil(T/2), 384], weights stored as

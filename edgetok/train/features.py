@@ -1,41 +1,9 @@
-"""Torch log-mel (the ``edgetok.frontend`` recipe, batched) and SpecAugment for training."""
+"""SpecAugment for training (log-mel comes from ``edgetok.frontend``, cached per corpus)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from edgetok.frontend import FrontendConfig, hann_window, mel_filterbank
-
-
-class LogMel(nn.Module):
-    """Batched log-mel, [B, N] float32 audio -> [B, n_frames(N), n_mels].
-
-    Uses the window and filterbank arrays of ``edgetok.frontend`` (non-persistent
-    buffers), so it differs from ``log_mel`` only by float32 arithmetic.
-    """
-
-    def __init__(self, cfg: FrontendConfig | None = None) -> None:
-        super().__init__()
-        cfg = cfg or FrontendConfig()
-        self.cfg = cfg
-        self.register_buffer("window", torch.from_numpy(hann_window(cfg)), persistent=False)
-        self.register_buffer("fbank", torch.from_numpy(mel_filterbank(cfg)), persistent=False)
-
-    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames per item for audio lengths in samples (0 below ``n_fft``)."""
-        n = torch.div(lengths - self.cfg.n_fft, self.cfg.hop_length, rounding_mode="floor") + 1
-        return n.clamp(min=0)
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        if audio.dim() != 2:
-            raise ValueError(f"audio must be [B, N], got shape {tuple(audio.shape)}")
-        if audio.shape[1] < self.cfg.n_fft:
-            return audio.new_zeros(audio.shape[0], 0, self.cfg.n_mels)
-        frames = audio.unfold(1, self.cfg.n_fft, self.cfg.hop_length)
-        spec = torch.fft.rfft(frames * self.window, dim=-1)
-        power = spec.real.square() + spec.imag.square()
-        return torch.log(torch.clamp(power @ self.fbank, min=self.cfg.log_floor))
 
 
 class SpecAugment(nn.Module):
