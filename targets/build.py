@@ -88,10 +88,16 @@ def _audio(
     for INT8, held-out audio is taken where there is some."""
     calib = calib or default_calibration_source(source)
     if calib is None and int8:
-        raise BuildError(
-            "no calibration audio: pass --calib with a corpus directory, a manifest "
-            "(.jsonl) or a directory of audio files"
-        )
+        from calibration.sources import synthetic_source
+
+        try:
+            calib = synthetic_source()
+        except RuntimeError as exc:
+            raise BuildError(
+                f"no calibration audio and none can be synthesized here ({exc}): pass "
+                "--calib with a corpus directory, a manifest (.jsonl) or a directory of "
+                "audio files"
+            ) from None
     heldout = heldout or (heldout_source(calib) if calib else None)
     try:
         chosen = pick(read_audio_source(calib), CALIBRATION_SIZE) if calib and int8 else []

@@ -95,3 +95,25 @@ def test_model_inputs_from_speech_are_cached(
     assert make_calibration(bundle, utterances, tmp_path).utterances == made.utterances
     with pytest.raises(KeyError, match="no calibration data for 'vocoder'"):
         made.reader("vocoder")
+
+
+def test_a_user_without_a_corpus_gets_synthetic_calibration_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``synthetic_source``: a small TTS corpus made once in the cache, with a train split
+    for calibration and held-out voices for parity."""
+    import shutil
+
+    from calibration.sources import heldout_source, read_source, synthetic_source
+
+    if not (shutil.which("espeak-ng") and shutil.which("flite")):
+        pytest.skip("espeak-ng and flite are needed (apt install espeak-ng flite)")
+    monkeypatch.setenv("EDGETOK_CACHE", str(tmp_path))
+    corpus = synthetic_source()
+    assert corpus == tmp_path / "corpus" / "calibration"
+    utterances = read_source(corpus)
+    assert sum(u.duration for u in utterances) > 200 and len({u.voice for u in utterances}) > 3
+    held = heldout_source(corpus)
+    assert held is not None and read_source(held)
+    stamp = utterances[0].path.stat().st_mtime_ns  # a second call synthesizes nothing
+    assert synthetic_source() == corpus and utterances[0].path.stat().st_mtime_ns == stamp

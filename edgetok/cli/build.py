@@ -36,7 +36,8 @@ PARITY_FAILED_EXIT = 3
     "--calib",
     type=click.Path(exists=True, path_type=Path),
     help="Calibration audio: a corpus directory, a .jsonl manifest or a directory of audio "
-    "files [default: the bundle's training corpus in the edgetok cache].",
+    "files [default: the bundle's training corpus in the edgetok cache, else a 6 min "
+    "corpus synthesized once with this machine's TTS voices (espeak-ng, flite)].",
 )
 @click.option(
     "--heldout",
