@@ -394,8 +394,8 @@ class _PipelineRunner(_Participant):
     def __init__(
         self, config: Config, audio_path: Path, audio_s: float, threads: int, clock: str
     ) -> None:
-        from edgetok.client import device_identity
-        from edgetok.server import bundle_identity, start_server
+        from edgetok.protocol import wire_identity
+        from edgetok.server import start_server
         from edgetok.stages import server_decoder
 
         assert config.bundle is not None
@@ -417,10 +417,10 @@ class _PipelineRunner(_Participant):
                 self.decodes.append(self.clock() - started)
 
         token = secrets.token_urlsafe(16)
-        self.server = start_server(decode, bundle_identity(self.bundle), token=token)
+        self.server = start_server(decode, wire_identity(self.bundle), token=token)
         try:
             url = f"ws://127.0.0.1:{self.server.port}/"
-            self.sink = _BenchSink(url, token, device_identity(self.bundle), self.clock)
+            self.sink = _BenchSink(url, token, wire_identity(self.bundle), self.clock)
         except BaseException:
             self.server.close()
             raise

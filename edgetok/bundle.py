@@ -18,7 +18,8 @@ and an unknown key is an error that names it and its table::
                         name ("T") or "?"; optional external_file, external_sha256,
                         external_source: ONNX external data rebuilt from a pinned
                         pretrained wheel ("tiny.en:decoder/embeddings/weight") when the
-                        model is opened, never committed
+                        model is opened, never committed; optional source_sha256: the
+                        FP32 model a built one was compiled from
     [training] [eval]   free-form: nested tables of strings, numbers, booleans and
                         lists of those
 
@@ -347,6 +348,8 @@ class ModelEntry(_Section):
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    source_sha256: str | None = None
+    """The FP32 model this one was compiled from (``edgetok build``); None for a source."""
     external_file: str | None = None
     """ONNX external data of the model that is not shipped: rebuilt on ``Bundle.open``."""
     external_sha256: str | None = None
@@ -384,6 +387,8 @@ class ModelEntry(_Section):
             f"is not one of {', '.join(PRECISIONS)}",
         )
         self._sha256(section, "sha256")
+        if self.source_sha256 is not None:
+            self._sha256(section, "source_sha256")
         external = (self.external_file, self.external_sha256, self.external_source)
         if any(value is not None for value in external):
             self._require(

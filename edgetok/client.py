@@ -47,7 +47,7 @@ from edgetok.protocol import (
 )
 
 if TYPE_CHECKING:
-    from edgetok.bundle import Bundle
+    pass
 
 __all__ = [
     "AuthError",
@@ -56,7 +56,6 @@ __all__ = [
     "RemoteDecoder",
     "RemoteError",
     "TextEvent",
-    "device_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,15 +83,6 @@ class RemoteError(RuntimeError):
 
 class AuthError(RemoteError):
     """HTTP 401: the bearer token is missing or wrong."""
-
-
-def device_identity(bundle: Bundle) -> Identity:
-    """The identity of the vectors ``bundle``'s aggregator makes (for the hello)."""
-    entry = bundle.models["aggregator"]
-    dim = next(spec for spec in entry.outputs if spec.name == "vectors").shape[-1]
-    if not isinstance(dim, int):
-        raise ValueError(f"bundle {bundle.meta.name!r}: aggregator vectors have no fixed D")
-    return Identity(bundle=bundle.meta.name, aggregator_sha256=entry.sha256, dim=dim)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,12 @@ import re
 import struct
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, ClassVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgetok.bundle import Bundle
 
 __all__ = [
     "CLOSE_CODES",
@@ -53,6 +56,7 @@ __all__ = [
     "encode_frame",
     "frame_bytes",
     "parse_message",
+    "wire_identity",
 ]
 
 PROTOCOL_VERSION: typing.Final = 1
@@ -301,6 +305,20 @@ class Identity:
     bundle: str
     aggregator_sha256: str
     dim: int
+
+
+def wire_identity(bundle: Bundle) -> Identity:
+    """The identity of the vectors ``bundle``'s aggregator makes, which a device sends in
+    its hello and a server serving ``bundle`` accepts: the bundle's name, the sha256 of
+    the FP32 aggregator (the source's, for a build: INT8, LiteRT or OpenVINO devices talk
+    to a server running the FP32 bundle) and the vector size."""
+    entry = bundle.models["aggregator"]
+    vectors = next(spec for spec in entry.outputs if spec.name == "vectors")
+    dim = vectors.shape[-1]
+    if not isinstance(dim, int):
+        raise ValueError(f"bundle {bundle.meta.name!r}: aggregator {vectors} has no fixed D")
+    sha256 = entry.source_sha256 or entry.sha256
+    return Identity(bundle=bundle.meta.name, aggregator_sha256=sha256, dim=dim)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,7 +48,7 @@ from edgetok.protocol import (
 )
 
 if TYPE_CHECKING:
-    from edgetok.bundle import Bundle
+    pass
 
 __all__ = [
     "BackgroundServer",
@@ -57,7 +57,6 @@ __all__ = [
     "Server",
     "ServerStats",
     "SupportsDecode",
-    "bundle_identity",
     "serve",
     "start_server",
 ]
@@ -78,16 +77,6 @@ class SupportsDecode(Protocol):
 
 Decoder = Callable[[np.ndarray], str] | SupportsDecode
 """What the server decodes with; called from worker threads, so it must be thread-safe."""
-
-
-def bundle_identity(bundle: Bundle) -> Identity:
-    """The identity a server for ``bundle`` accepts: name, aggregator sha256, vector size."""
-    vectors = next(s for s in bundle.models["aggregator"].outputs if s.name == "vectors")
-    dim = vectors.shape[-1]
-    if not isinstance(dim, int):
-        raise ValueError(f"bundle {bundle.meta.name!r}: aggregator {vectors} has no fixed D")
-    sha256 = bundle.models["aggregator"].sha256
-    return Identity(bundle=bundle.meta.name, aggregator_sha256=sha256, dim=dim)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -128,6 +128,7 @@ def _manifest(source: Bundle, target: str, artifacts: dict, backend: str, out_di
             backend=backend,
             precision=artifact.precision,
             sha256=sha256_file(out_dir / artifact.file),
+            source_sha256=source.models[role].source_sha256 or source.models[role].sha256,
             inputs=artifact.inputs or source.models[role].inputs,
             outputs=artifact.outputs or source.models[role].outputs,
         )

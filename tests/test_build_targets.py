@@ -16,6 +16,7 @@ from fixtures import build_fixtures
 
 from edgetok.bundle import V1_ROLES, load_bundle
 from edgetok.cli import main
+from edgetok.protocol import wire_identity
 from quantize import INT8_ROLES
 
 pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
@@ -96,6 +97,10 @@ def test_fp32_build_has_exact_parity(
     assert all(report["checks"].values()) and result.failed_checks == []
     # The built bundle's [eval] is what was measured on it, not the source's numbers.
     assert set(result.bundle.eval) == {"parity"}
+    # Its vectors are the source's: a server running the FP32 bundle accepts the device.
+    source = load_bundle(exported_bundle)
+    assert result.bundle.models["aggregator"].sha256 != source.models["aggregator"].sha256
+    assert wire_identity(result.bundle) == wire_identity(source)
 
 
 def test_openvino_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from edgetok.audio import load_audio
 from edgetok.bundle import load_bundle
 from edgetok.cli import main
-from edgetok.server import bundle_identity, start_server
+from edgetok.protocol import wire_identity
+from edgetok.server import start_server
 from edgetok.stages import DecoderStage
 
 TOKEN = "cli-token"
@@ -28,7 +29,7 @@ def run(*args: str, stdin: bytes | None = None):
 def server(tiny_bundle: Path):
     bundle = load_bundle(tiny_bundle)
     decoder = DecoderStage(bundle.open("decoder"))
-    with start_server(decoder, bundle_identity(bundle), token=TOKEN) as background:
+    with start_server(decoder, wire_identity(bundle), token=TOKEN) as background:
         yield f"ws://127.0.0.1:{background.port}/"
 
 

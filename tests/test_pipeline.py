@@ -16,10 +16,9 @@ import soundfile as sf
 
 from edgetok.audio import AudioError, FileSource, load_audio
 from edgetok.bundle import load_bundle
-from edgetok.client import device_identity
 from edgetok.pipeline import Pipeline, Utterance
-from edgetok.protocol import decode_frame
-from edgetok.server import bundle_identity, start_server
+from edgetok.protocol import decode_frame, wire_identity
+from edgetok.server import start_server
 from edgetok.sinks import JsonlSink, LocalSink, RemoteSink, frames_bytes
 from edgetok.stages import DecoderStage, Transcriber
 from edgetok.vad import SileroModel
@@ -89,10 +88,8 @@ def test_loopback_server_gives_the_same_transcripts(
 ) -> None:
     bundle = transcriber.bundle
     expected = [u.text for u in local(transcriber, vad_model).run(FileSource(two))]
-    with start_server(
-        DecoderStage(bundle.open("decoder")), bundle_identity(bundle), token="t"
-    ) as s:
-        sink = RemoteSink(f"ws://127.0.0.1:{s.port}/", "t", device_identity(bundle))
+    with start_server(DecoderStage(bundle.open("decoder")), wire_identity(bundle), token="t") as s:
+        sink = RemoteSink(f"ws://127.0.0.1:{s.port}/", "t", wire_identity(bundle))
         try:
             got = list(Pipeline(transcriber, sink, vad_model=vad_model).run(FileSource(two)))
         finally:

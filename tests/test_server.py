@@ -47,8 +47,9 @@ from edgetok.protocol import (
     decode_frame,
     encode_frame,
     parse_message,
+    wire_identity,
 )
-from edgetok.server import Limits, bundle_identity, serve, start_server
+from edgetok.server import Limits, serve, start_server
 from edgetok.stages import DecoderStage
 
 TOKEN = "s3cret-token"
@@ -68,7 +69,7 @@ def stage(tiny: Path) -> DecoderStage:
 
 @pytest.fixture(scope="module")
 def identity(tiny: Path) -> Identity:
-    return bundle_identity(load_bundle(tiny))
+    return wire_identity(load_bundle(tiny))
 
 
 class Recorder:
@@ -557,7 +558,7 @@ def test_cli_serves_a_bundle_until_sigterm(tiny: Path, stage: DecoderStage) -> N
             while not (line := (await process.stderr.readline()).decode()).startswith("serving"):
                 assert line, "edgetok serve exited"
             address = line.split()[-1]
-            identity = bundle_identity(load_bundle(tiny))
+            identity = wire_identity(load_bundle(tiny))
             async with Client(address, TOKEN, identity) as client:
                 await send_all(client, 3, frames)
                 assert await client.result(3) == stage(wire_vectors(frames))

@@ -102,13 +102,14 @@ def open_sink(
 
 def connect(bundle: Bundle, url: str, token: str | None) -> Sink:
     """A ``RemoteSink`` to ``url``, or a click error saying why there is none."""
-    from edgetok.client import RemoteError, device_identity
+    from edgetok.client import RemoteError
+    from edgetok.protocol import wire_identity
     from edgetok.sinks import RemoteSink
 
     if not url.startswith(("ws://", "wss://")):
         raise click.UsageError(f"--server must be a ws:// or wss:// URL, got {url!r}")
     try:
-        return RemoteSink(url, token, device_identity(bundle), max_attempts=3)
+        return RemoteSink(url, token, wire_identity(bundle), max_attempts=3)
     except (RemoteError, ConnectionError, OSError, TimeoutError) as exc:
         raise click.ClickException(f"cannot use the server at {url}: {exc}") from None
 

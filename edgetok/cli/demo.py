@@ -53,9 +53,10 @@ def command(
     segments vs dense tokens vs raw PCM) and the end-of-speech -> final-text latency.
     """
     from edgetok.audio import AudioError, FileSource
-    from edgetok.client import RemoteError, device_identity
+    from edgetok.client import RemoteError
     from edgetok.pipeline import Pipeline
-    from edgetok.server import bundle_identity, start_server
+    from edgetok.protocol import wire_identity
+    from edgetok.server import start_server
     from edgetok.sinks import RemoteSink
     from edgetok.stages import server_decoder
 
@@ -73,9 +74,9 @@ def command(
     token = secrets.token_urlsafe(16)
     decoder = server_decoder(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
-    with start_server(decoder, bundle_identity(bundle), token=token) as server:
+    with start_server(decoder, wire_identity(bundle), token=token) as server:
         url = f"ws://127.0.0.1:{server.port}/"
-        sink = RemoteSink(url, token, device_identity(bundle))
+        sink = RemoteSink(url, token, wire_identity(bundle))
         say(f"server: {url} (in-process, random token), bundle {bundle.meta.name!r}")
         pace = "as fast as possible" if fast else "in real time"
         say(f"streaming {path} ({source.duration_s:.2f} s) {pace}, 32 ms chunks")

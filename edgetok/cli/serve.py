@@ -59,7 +59,8 @@ def command(
     import ssl
 
     from edgetok.bundle import BundleError, default_bundle_path, load_bundle
-    from edgetok.server import Limits, bundle_identity, serve
+    from edgetok.protocol import wire_identity
+    from edgetok.server import Limits, serve
     from edgetok.stages import server_decoder
 
     if (tls_cert is None) != (tls_key is None):
@@ -76,7 +77,7 @@ def command(
     try:
         loaded = load_bundle(bundle or default_bundle_path())
         decoder = server_decoder(loaded, beam=beam)
-        identity = bundle_identity(loaded)
+        identity = wire_identity(loaded)
     except (BundleError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     limits = Limits(
