@@ -455,11 +455,11 @@ class FeatureAggregator(nn.Module):
         """frames [N, L, feature_dim] (L <= max_len), mask [N, L] bool (True = real frame)
         -> vectors [N, feature_dim]. Padded frames have no effect; a row with no real
         frame gives a finite, meaningless vector."""
-        length = frames.shape[1]
+        pos = torch.arange(frames.shape[1], device=frames.device)
         weight = mask.to(frames.dtype)[..., None]
         mean = (frames * weight).sum(1) / weight.sum(1).clamp(min=1.0)
-        context = self.context_norm(self.frames(frames) + self.pos.weight[:length])
-        pos = torch.arange(length, device=frames.device)
+        # A lookup, not a slice of the table: the export keeps L free of max_len.
+        context = self.context_norm(self.frames(frames) + self.pos(pos))
         keep = mask | (~mask.any(dim=1, keepdim=True) & (pos == 0))
         h = self.block(self.query(mean)[:, None], keep[:, None, None, :], context=context)
         return mean + self.correction(self.norm(h[:, 0]))
