@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -264,7 +265,15 @@ def find_configs(
             if missing:
                 reason += "; " + "; ".join(missing)
         configs.append(Config(target, None, backend=profile.backend, reason=reason))
-    return configs
+    # Two bundles of one target, backend and precision (--bundle and --compare default):
+    # told apart by their directory names.
+    names = Counter(c.name for c in configs)
+    return [
+        replace(c, label=c.bundle.name)
+        if names[c.name] > 1 and c.bundle is not None and c.label is None
+        else c
+        for c in configs
+    ]
 
 
 # --------------------------------------------------------------------------- audio
@@ -699,13 +708,16 @@ def compute_rates(
     frames = max(1, 1 + (samples - fe.win_length) // fe.hop_length)
     tokens, segments = max(1, median["tokens"]), max(1, median["segments"])
     max_len = bundle.segmenter.max_len
+    reads = {spec.name: spec for spec in bundle.models["aggregator"].inputs}
+    if "frames" in reads:  # v2: the encoder frames of each segment
+        width = reads["frames"].shape[-1]
+        source = {"frames": np.zeros((segments, max_len, width), np.float32)}
+    else:
+        source = {"tokens": np.zeros((segments, max_len), np.int64)}
     feeds = {
         "tokenizer": {"mel": np.zeros((1, frames, fe.n_mels), np.float32)},
         "entropy_lm": {"tokens": np.zeros((1, tokens), np.int64)},
-        "aggregator": {
-            "tokens": np.zeros((segments, max_len), np.int64),
-            "mask": np.ones((segments, max_len), bool),
-        },
+        "aggregator": {**source, "mask": np.ones((segments, max_len), bool)},
     }
     codebook = np.load(bundle.codebook_path, mmap_mode="r")
     int8 = precision == "int8"

@@ -334,3 +334,10 @@ def test_a_build_that_failed_parity_is_listed_not_benchmarked(
     (config,) = find_configs(["x86-cpu"], build_dir=tmp_path)
     assert not config.available
     assert config.reason == "its parity check failed (token_agreement >= 0.99)"
+
+
+def test_a_bundle_compared_with_the_shipped_one_keeps_its_own_name(tiny_bundle: Path) -> None:
+    """``bench --bundle DIR --compare default``: two FP32 ONNX bundles, told apart."""
+    mine, shipped = find_configs(["default", "default"], bundle=tiny_bundle)
+    assert mine.name != shipped.name
+    assert mine.name.endswith(f"({tiny_bundle.name})") and mine.bundle == tiny_bundle
