@@ -431,7 +431,10 @@ def _field(value: Any, hint: Any, where: str) -> Any:
         kind = "an integer in [0, 2**32)"
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value)
+        try:
+            ok = ok and math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            ok = False
         kind = "a finite number"
     elif hint is str:
         ok, kind = isinstance(value, str) and len(value) <= _MAX_TEXT, "a string"
@@ -442,8 +445,14 @@ def _field(value: Any, hint: Any, where: str) -> Any:
         ok = ok and all(_field(item, int, where) is not None for item in value)
         value, kind = tuple(value) if ok else value, f"a list of at most {MAX_PENDING} integers"
     if not ok:
-        raise ProtocolError("bad_message", f"{where}: expected {kind}, got {value!r}")
+        raise ProtocolError("bad_message", f"{where}: expected {kind}, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def parse_message(text: str | bytes) -> Message:
@@ -455,14 +464,15 @@ def parse_message(text: str | bytes) -> Message:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_message", f"not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("type") not in _TYPES:
-        kind = data.get("type") if isinstance(data, dict) else type(data).__name__
-        raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+    kind = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(kind, str) or kind not in _TYPES:
+        shown = _shown(kind) if isinstance(data, dict) else repr(type(data).__name__)
+        raise ProtocolError("bad_message", f"unknown message type {shown}")
     cls = _TYPES[data.pop("type")]
     if "version" in data and data["version"] != PROTOCOL_VERSION:
         raise ProtocolError(
             "version",
-            f"{cls.TYPE}: protocol version {data['version']!r}; this side speaks "
+            f"{cls.TYPE}: protocol version {_shown(data['version'])}; this side speaks "
             f"{PROTOCOL_VERSION}",
         )
     hints = get_type_hints(cls)

@@ -285,3 +285,46 @@ def test_error_messages_are_bounded() -> None:
     with pytest.raises(ProtocolError) as info:
         parse_message(json.dumps({"type": "ack", "seq": "x" * 10_000}))
     assert len(str(info.value)) <= 300
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": []}',
+        '{"type": {}}',
+        '{"type": null}',
+        "[1, 2]",
+        '"hello"',
+        '{"type": "hello", "version": [1]}',
+        '{"type": "hello", "version": 1, "dim": ' + "9" * 400 + "}",
+        '{"type": "ack", "seq": ' + "9" * 400 + ".5}",
+    ],
+)
+def test_hostile_json_shapes_are_bad_messages(text: str) -> None:
+    with pytest.raises(ProtocolError) as error:
+        parse_message(text)
+    assert error.value.code in ("bad_message", "version") and len(str(error.value)) < 200
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["hello", "ack", "ready", "error", "final", "partial", "x"]),
+    fields=st.dictionaries(
+        st.sampled_from(["version", "session", "seq", "dim", "dtype", "text", "utterance"]),
+        _JSON,
+    ),
+)
+def test_any_json_object_parses_or_is_a_protocol_error(kind: str, fields: dict) -> None:
+    """Fuzzing: whatever JSON arrives, the parser answers with a message or a
+    ProtocolError, never another exception (which would close with 1011)."""
+    try:
+        parse_message(json.dumps({"type": kind, **fields}))
+    except ProtocolError:
+        pass
