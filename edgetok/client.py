@@ -151,6 +151,7 @@ class Client:
         self.on_transcript = on_transcript
         self.stats = ClientStats()
         self.session = secrets.token_hex(16)
+        token = token.strip() if token else token  # the server strips its token alike
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._tls = {"ssl": ssl} if ssl is not None else {}
         self._seq = 0

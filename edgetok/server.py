@@ -223,6 +223,7 @@ class Server:
     def __init__(
         self, decoder: Decoder, identity: Identity, *, token: str, limits: Limits | None = None
     ) -> None:
+        token = token.strip()  # as the client sends it and as a header is read
         if not token:
             raise ValueError("the server needs a non-empty bearer token")
         self.decode = decoder.decode if isinstance(decoder, SupportsDecode) else decoder

@@ -49,7 +49,7 @@ from edgetok.protocol import (
     parse_message,
     wire_identity,
 )
-from edgetok.server import Limits, serve, start_server
+from edgetok.server import Limits, Server, serve, start_server
 from edgetok.stages import DecoderStage
 
 TOKEN = "s3cret-token"
@@ -333,6 +333,24 @@ def test_wrong_or_missing_token_is_refused_before_the_upgrade(
             with pytest.raises(AuthError):
                 await Client(url(server.port), "wrong", identity).start()  # no retries
             assert (server.stats.refused, server.stats.connections) == (4, 0)
+
+    run(main)
+
+
+def test_tokens_are_stripped_the_same_way_on_both_sides(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """A token pasted with a newline or spaces (a token file, an env var) still matches."""
+
+    async def main() -> None:
+        async with serve(stage, identity, token=f"  {TOKEN}\n") as server:
+            for token in (TOKEN, f"{TOKEN}\n", f" {TOKEN} "):
+                async with Client(url(server.port), token, identity) as client:
+                    frames = utterance(1, 3)
+                    await send_all(client, 0, frames)
+                    assert await client.result(0) == stage(wire_vectors(frames))
+        with pytest.raises(ValueError, match="non-empty"):
+            Server(stage, identity, token=" \n")
 
     run(main)
 
