@@ -90,6 +90,9 @@ class Limits:
     burst_frames: int = 100
     """Token bucket per connection: ``burst_frames`` at once, refilled at the rate."""
     max_open_utterances: int = 16
+    """Utterances a session may be sending at once (not yet ended)."""
+    max_queued_utterances: int = 64
+    """Utterances of a session, ended or not, whose final text is not yet out."""
     max_segments_per_utterance: int = 4096
     max_sessions: int = 256
     session_ttl_s: float = 300.0
@@ -157,10 +160,17 @@ class _Session:
         if frame.seq > self.next_seq:
             raise ProtocolError("sequence", f"frame seq {frame.seq}; expected {self.next_seq}")
         utterance = self.open.get(frame.utterance)
-        if utterance is None and len(self.open) >= limits.max_open_utterances:
-            raise ProtocolError(
-                "limit_exceeded", f"more than {limits.max_open_utterances} open utterances"
-            )
+        if utterance is None:
+            sending = sum(not u.ended for u in self.open.values())
+            if sending >= limits.max_open_utterances:
+                raise ProtocolError(
+                    "limit_exceeded", f"more than {limits.max_open_utterances} open utterances"
+                )
+            if len(self.open) >= limits.max_queued_utterances:
+                raise ProtocolError(
+                    "limit_exceeded",
+                    f"more than {limits.max_queued_utterances} utterances waiting for text",
+                )
         utterance = utterance or _Utterance()
         if utterance.ended:
             raise ProtocolError("sequence", f"utterance {frame.utterance} has ended")

@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -351,6 +352,47 @@ def test_tokens_are_stripped_the_same_way_on_both_sides(
                     assert await client.result(0) == stage(wire_vectors(frames))
         with pytest.raises(ValueError, match="non-empty"):
             Server(stage, identity, token=" \n")
+
+    run(main)
+
+
+def test_ended_utterances_free_their_slot_for_the_next(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """17 utterances sent back to back while the decoder lags: only utterances still being
+    sent count against the 16-open limit, so every one gets its text."""
+
+    def slow(vectors: np.ndarray) -> str:
+        time.sleep(0.02)
+        return stage(vectors)
+
+    async def main() -> None:
+        async with serve(slow, identity, token=TOKEN) as server:
+            async with Client(url(server.port), TOKEN, identity) as client:
+                sent = {uid: utterance(uid, 2) for uid in range(17)}
+                for uid, frames in sent.items():
+                    await send_all(client, uid, frames)
+                for uid, frames in sent.items():
+                    assert await client.result(uid) == stage(wire_vectors(frames))
+
+    run(main)
+
+
+def test_a_session_cannot_queue_without_bound(stage: DecoderStage, identity: Identity) -> None:
+    limits = Limits(max_open_utterances=2, max_queued_utterances=3)
+
+    def stuck(vectors: np.ndarray) -> str:
+        time.sleep(0.5)
+        return stage(vectors)
+
+    async def main() -> None:
+        async with serve(stuck, identity, token=TOKEN, limits=limits) as server:
+            client = Client(url(server.port), TOKEN, identity)
+            async with client:
+                for uid in range(4):
+                    await send_all(client, uid, utterance(uid, 1))
+                with pytest.raises(RemoteError, match="waiting for text"):
+                    await client.result(3)
 
     run(main)
 
