@@ -90,9 +90,10 @@ CLOSE_CODES: typing.Final = {
     "rate_limited": 4006,
     "limit_exceeded": 4007,
     "superseded": 4008,
+    "idle": 4009,
 }
 #: Errors after which a client may reconnect and resend (after a backoff).
-RETRYABLE_ERRORS: typing.Final = frozenset({"rate_limited"})
+RETRYABLE_ERRORS: typing.Final = frozenset({"rate_limited", "idle"})
 
 _SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -99,6 +99,8 @@ class Limits:
     """How long a session without a connection is kept for a reconnect."""
     decode_threads: int = 2
     hello_timeout_s: float = 10.0
+    idle_timeout_s: float = 120.0
+    """A connection that sends no frame for this long, with no text owed to it, is closed."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -276,7 +278,8 @@ class Server:
         try:
             hello, session = await self._hello(connection)
             bucket = _Bucket(self.limits.max_frames_per_second, self.limits.burst_frames)
-            async for message in connection:
+            while True:
+                message = await self._next(connection, session)
                 if isinstance(message, str):
                     raise ProtocolError("bad_message", "after the hello, only binary frames")
                 if not bucket.take():
@@ -298,6 +301,17 @@ class Server:
             if session is not None and session.connection is connection:
                 session.connection = None
                 session.detached_at = time.monotonic()
+
+    async def _next(self, connection: ServerConnection, session: _Session) -> str | bytes:
+        """The next message; ``idle`` once none came for ``idle_timeout_s`` while the
+        session is owed no text (a client waiting for a slow decode is not idle)."""
+        idle = self.limits.idle_timeout_s
+        while True:
+            try:
+                return await asyncio.wait_for(connection.recv(), idle)
+            except asyncio.TimeoutError:
+                if not session.open:
+                    raise ProtocolError("idle", f"no frame for {idle:g} s") from None
 
     async def _hello(self, connection: ServerConnection) -> tuple[Hello, _Session]:
         """Read and check the hello, attach its session, answer ``ready``."""

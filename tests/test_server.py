@@ -397,6 +397,28 @@ def test_a_session_cannot_queue_without_bound(stage: DecoderStage, identity: Ide
     run(main)
 
 
+def test_an_idle_connection_is_closed_but_not_one_owed_text(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    limits = Limits(idle_timeout_s=0.3)
+
+    def slow(vectors: np.ndarray) -> str:
+        time.sleep(0.8)
+        return stage(vectors)
+
+    async def main() -> None:
+        async with serve(slow, identity, token=TOKEN, limits=limits) as server:
+            error, code = await refusal(server.port, hello(identity).to_json())
+            assert (error.code, code) == ("idle", CLOSE_CODES["idle"])
+            # Waiting 0.8 s for a final is not idling: the text arrives.
+            async with Client(url(server.port), TOKEN, identity) as client:
+                frames = utterance(2, 1)
+                await send_all(client, 0, frames)
+                assert await client.result(0) == stage(wire_vectors(frames))
+
+    run(main)
+
+
 async def refusal(port: int, first: str | bytes) -> tuple[Error, int]:
     """Connect, send ``first``, return the error and close code that follow."""
     async with connect(url(port), additional_headers=AUTH, compression=None) as ws:

@@ -39,6 +39,13 @@ from edgetok.cli._common import beam_option
     type=click.IntRange(min=64, max=64 << 20),
     help="Larger frames are refused with error too_large and close code 1009.",
 )
+@click.option(
+    "--idle-timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds without a frame after which a connection owed no text is closed (idle).",
+)
 @beam_option
 def command(
     bundle: Path | None,
@@ -49,6 +56,7 @@ def command(
     tls_key: Path | None,
     max_connections: int,
     max_frame_bytes: int,
+    idle_timeout: float,
     beam: int,
 ) -> None:
     """Decode segment vectors sent by edgetok devices into text (protocol: docs/protocol.md).
@@ -84,6 +92,7 @@ def command(
         max_connections=max_connections,
         max_frame_bytes=max_frame_bytes,
         max_sessions=max(256, max_connections),
+        idle_timeout_s=idle_timeout,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
