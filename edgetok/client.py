@@ -153,6 +153,7 @@ class Client:
         self.session = secrets.token_hex(16)
         token = token.strip() if token else token  # the server strips its token alike
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._resume_key = ""  # the session's secret, from the server's first ready
         self._tls = {"ssl": ssl} if ssl is not None else {}
         self._seq = 0
         self._written = -1
@@ -342,6 +343,7 @@ class Client:
             dtype=self.dtype,
             seq=first,
             pending=tuple(self._open)[-MAX_PENDING:],
+            resume_key=self._resume_key,
         )
         await self._write(connection, hello.to_json())
         reply = self._parse(await asyncio.wait_for(connection.recv(), self.open_timeout_s))
@@ -350,6 +352,7 @@ class Client:
         if not isinstance(reply, Ready):
             raise RemoteError("bad_message", f"expected ready, got {reply.TYPE}")
         self._attempt = 0
+        self._resume_key = reply.resume_key
         self._max_frame_bytes = reply.max_frame_bytes
         if not reply.resumed:
             self._forget_applied()

@@ -91,6 +91,7 @@ CLOSE_CODES: typing.Final = {
     "limit_exceeded": 4007,
     "superseded": 4008,
     "idle": 4009,
+    "session_taken": 4010,
 }
 #: Errors after which a client may reconnect and resend (after a backoff).
 RETRYABLE_ERRORS: typing.Final = frozenset({"rate_limited", "idle"})
@@ -351,6 +352,8 @@ class Hello(_Message):
     """The seq of the first frame this connection will carry."""
     pending: tuple[int, ...] = ()
     """Utterances whose ``final`` the client has not received."""
+    resume_key: str = ""
+    """The session's secret from the ``ready`` that opened it; required to resume it."""
 
     @property
     def identity(self) -> Identity:
@@ -365,6 +368,8 @@ class Hello(_Message):
             raise ProtocolError("bad_message", f"hello: dtype {self.dtype!r}, dim {self.dim}")
         if len(self.pending) > MAX_PENDING:
             raise ProtocolError("bad_message", f"hello: more than {MAX_PENDING} pending")
+        if self.resume_key and _SESSION.fullmatch(self.resume_key) is None:
+            raise ProtocolError("bad_message", "hello: resume_key must be 1-64 of [A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,6 +384,8 @@ class Ready(_Message):
     max_frame_bytes: int
     max_frames_per_second: float
     burst_frames: int
+    resume_key: str = ""
+    """The session's secret, sent only to the connection that owns it."""
 
 
 @dataclass(frozen=True, kw_only=True)

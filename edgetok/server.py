@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -149,6 +150,8 @@ class _Session:
 
     def __init__(self, sid: str, next_seq: int) -> None:
         self.id = sid
+        self.key = secrets.token_urlsafe(24)
+        """Sent only to the owner (``ready``); a hello resuming the session must carry it."""
         self.next_seq = next_seq
         self.connection: ServerConnection | None = None
         self.detached_at = time.monotonic()
@@ -345,6 +348,7 @@ class Server:
             max_frame_bytes=limits.max_frame_bytes,
             max_frames_per_second=limits.max_frames_per_second,
             burst_frames=limits.burst_frames,
+            resume_key=session.key,
         )
         await connection.send(ready.to_json())
         for utterance in hello.pending:
@@ -365,6 +369,10 @@ class Server:
                 # Connected sessions < max_connections <= max_sessions: an idle one exists.
                 self._drop(next(k for k, s in self._sessions.items() if s.connection is None))
             session = self._sessions[hello.session] = _Session(hello.session, hello.seq)
+        elif not hmac.compare_digest(hello.resume_key.encode(), session.key.encode()):
+            raise ProtocolError(
+                "session_taken", f"session {hello.session!r} belongs to another client"
+            )
         elif hello.seq > session.next_seq:
             raise ProtocolError(
                 "sequence", f"hello seq {hello.seq}; the server expects {session.next_seq}"

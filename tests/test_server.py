@@ -419,6 +419,28 @@ def test_an_idle_connection_is_closed_but_not_one_owed_text(
     run(main)
 
 
+def test_a_session_is_resumed_only_with_its_key(stage: DecoderStage, identity: Identity) -> None:
+    """Someone with the token and another client's session id gets session_taken; the
+    owner is not kicked off and keeps getting its text."""
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN) as server:
+            async with Client(url(server.port), TOKEN, identity) as owner:
+                first = utterance(3, 1)
+                await send_all(owner, 0, first)
+                assert await owner.result(0) == stage(wire_vectors(first))
+                for key in ("", "guessed-key"):
+                    theft = hello(identity, session=owner.session, resume_key=key).to_json()
+                    error, code = await refusal(server.port, theft)
+                    assert (error.code, code) == ("session_taken", CLOSE_CODES["session_taken"])
+                second = utterance(4, 1)
+                await send_all(owner, 1, second)
+                assert await owner.result(1) == stage(wire_vectors(second))
+                assert owner.stats.reconnects == 0
+
+    run(main)
+
+
 async def refusal(port: int, first: str | bytes) -> tuple[Error, int]:
     """Connect, send ``first``, return the error and close code that follow."""
     async with connect(url(port), additional_headers=AUTH, compression=None) as ws:
