@@ -96,6 +96,25 @@ def test_transcribe_with_a_wrong_token(tiny_bundle: Path, speech_dir: Path, serv
     assert "unauthorized" in result.output
 
 
+def test_token_from_a_file(
+    tiny_bundle: Path, speech_dir: Path, server: str, tmp_path: Path
+) -> None:
+    """--token-file keeps the token out of the process list; a newline does not matter."""
+    wav = str(speech_dir / "hello.wav")
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    result = run(
+        "transcribe", wav, "--bundle", str(tiny_bundle), "--server", server,
+        "--token-file", str(secret),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    both = run("transcribe", wav, "--server", server, "--token", "x", "--token-file", str(secret))
+    assert both.exit_code == 2 and "--token-file" in both.output
+    secret.write_text("  \n")
+    empty = run("transcribe", wav, "--server", server, "--token-file", str(secret))
+    assert empty.exit_code == 2 and "is empty" in empty.output
+
+
 def test_server_and_local_exclude_each_other(tiny_bundle: Path, speech_dir: Path) -> None:
     wav = str(speech_dir / "hello.wav")
     result = run("transcribe", wav, "--bundle", str(tiny_bundle), "--local", "--server", "ws://x/")

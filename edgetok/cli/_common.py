@@ -5,6 +5,7 @@ Heavy modules (onnxruntime sessions, numba) are imported inside the functions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +18,38 @@ if TYPE_CHECKING:
     from edgetok.stages import Transcriber, Transcript
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def token_options(help_text: str) -> Callable[[F], F]:
+    """``--token`` (env EDGETOK_TOKEN) and ``--token-file``; the command gets ``token``,
+    stripped, from whichever was given."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def command(*args: Any, token: str | None, token_file: Path | None, **kwargs: Any) -> Any:
+            if token_file is not None:
+                if token:
+                    raise click.UsageError(
+                        "give the token once: --token/EDGETOK_TOKEN or --token-file"
+                    )
+                token = token_file.read_text(encoding="utf-8").strip()
+                if not token:
+                    raise click.UsageError(f"--token-file {token_file} is empty")
+            return f(*args, token=token.strip() if token else token, **kwargs)
+
+        command = click.option(
+            "--token-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Read the bearer token from this file (surrounding whitespace stripped).",
+        )(command)
+        return click.option(
+            "--token",
+            envvar="EDGETOK_TOKEN",
+            help=f"{help_text} On the command line it is visible to other users in the "
+            "process list: prefer EDGETOK_TOKEN or --token-file.",
+        )(command)
+
+    return decorate
 
 
 def bundle_option(f: F) -> F:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from edgetok.cli._common import token_options
+
 if TYPE_CHECKING:
     from edgetok.bundle import Bundle
     from edgetok.pipeline import Utterance
@@ -22,17 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def server_options(f: F) -> F:
-    """``--server URL``, ``--token`` (env EDGETOK_TOKEN) and ``--local``."""
+    """``--server URL``, ``--token`` (env EDGETOK_TOKEN) or ``--token-file``, ``--local``."""
     f = click.option(
         "--local",
         is_flag=True,
         help="Decode on this machine (the default without --server).",
     )(f)
-    f = click.option(
-        "--token",
-        envvar="EDGETOK_TOKEN",
-        help="The server's bearer token (env EDGETOK_TOKEN).",
-    )(f)
+    f = token_options("The server's bearer token (env EDGETOK_TOKEN).")(f)
     return click.option(
         "--server",
         metavar="URL",

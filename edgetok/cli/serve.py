@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgetok.cli._common import beam_option
+from edgetok.cli._common import beam_option, token_options
 
 
 @click.command("serve")
@@ -24,10 +24,8 @@ from edgetok.cli._common import beam_option
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-@click.option(
-    "--token",
-    envvar="EDGETOK_TOKEN",
-    help="Bearer token clients must send (env EDGETOK_TOKEN); default: a random one, printed.",
+@token_options(
+    "Bearer token clients must send (env EDGETOK_TOKEN); default: a random one, printed."
 )
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
