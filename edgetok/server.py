@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
@@ -101,6 +102,9 @@ class Limits:
     decode_threads: int = 2
     hello_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
+    max_auth_failures: int = 20
+    """Wrong tokens per address per ``auth_window_s``; beyond, the address gets HTTP 429."""
+    auth_window_s: float = 60.0
     """A connection that sends no frame for this long, with no text owed to it, is closed."""
 
     def __post_init__(self) -> None:
@@ -143,6 +147,43 @@ class _Utterance:
     decoded: int = 0
     """Segments in the last decode."""
     task: asyncio.Task[None] | None = None
+
+
+#: Addresses whose wrong tokens the server remembers (the oldest are forgotten first).
+_ADDRESSES_KEPT = 4096
+#: Seconds between two log lines about one address's refused logins.
+_AUTH_LOG_EVERY_S = 10.0
+
+
+class _AuthFailures:
+    """Wrong tokens from one address in the current window, and when it was last logged."""
+
+    def __init__(self) -> None:
+        self.window_start = time.monotonic()
+        self.count = 0
+        self.unlogged = 0
+        self.logged_at = -math.inf
+
+    def _roll(self, limits: Limits) -> None:
+        now = time.monotonic()
+        if now - self.window_start > limits.auth_window_s:
+            self.window_start, self.count = now, 0
+
+    def add(self, limits: Limits) -> None:
+        self._roll(limits)
+        self.count += 1
+
+    def blocked(self, limits: Limits) -> bool:
+        self._roll(limits)
+        return self.count >= limits.max_auth_failures
+
+    def note(self, address: str) -> None:
+        """One log line per address every ``_AUTH_LOG_EVERY_S``, with the count since."""
+        self.unlogged += 1
+        now = time.monotonic()
+        if now - self.logged_at >= _AUTH_LOG_EVERY_S:
+            log.warning("refused %d login(s) from %s: wrong token", self.unlogged, address)
+            self.logged_at, self.unlogged = now, 0
 
 
 class _Session:
@@ -248,6 +289,7 @@ class Server:
         self.port = 0
         """The bound TCP port, once ``serve`` has started."""
         self._token = token.encode()
+        self._auth_failures: dict[str, _AuthFailures] = {}
         self._admitted: set[ServerConnection] = set()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._decoding = asyncio.Semaphore(self.limits.decode_threads)
@@ -255,12 +297,26 @@ class Server:
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Before the upgrade: HTTP 401 for a missing or wrong token, 503 when full."""
+        address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        failures = self._auth_failures.get(address)
+        if failures is not None and failures.blocked(self.limits):
+            self.stats.refused += 1
+            failures.note(address)
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many wrong tokens\n")
+            response.headers["Retry-After"] = str(round(self.limits.auth_window_s))
+            return response
         values = request.headers.get_all("Authorization")
         scheme, _, token = (values[0] if len(values) == 1 else "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.strip().encode(), self._token
         ):
             self.stats.refused += 1
+            if failures is None:
+                failures = self._auth_failures.setdefault(address, _AuthFailures())
+                while len(self._auth_failures) > _ADDRESSES_KEPT:
+                    self._auth_failures.pop(next(iter(self._auth_failures)))
+            failures.add(self.limits)
+            failures.note(address)
             response = connection.respond(
                 HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n"
             )

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -439,6 +440,31 @@ def test_a_session_is_resumed_only_with_its_key(stage: DecoderStage, identity: I
                 assert owner.stats.reconnects == 0
 
     run(main)
+
+
+def test_wrong_tokens_are_logged_sparingly_and_throttled(
+    stage: DecoderStage, identity: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = Limits(max_auth_failures=5, auth_window_s=60.0)
+
+    async def status(port: int, token: str) -> int:
+        with pytest.raises(InvalidStatus) as info:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with connect(url(port), additional_headers=headers):
+                pass
+        return info.value.response.status_code
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN, limits=limits) as server:
+            codes = [await status(server.port, f"guess{i}") for i in range(30)]
+            assert codes == [401] * 5 + [429] * 25
+            assert await status(server.port, TOKEN) == 429  # the address waits its window
+            assert server.stats.refused == 31
+
+    with caplog.at_level(logging.WARNING, logger="edgetok.server"):
+        run(main)
+    lines = [r for r in caplog.records if "wrong token" in r.getMessage()]
+    assert 1 <= len(lines) <= 2 and "refused 1 login(s) from 127.0.0.1" in lines[0].getMessage()
 
 
 async def refusal(port: int, first: str | bytes) -> tuple[Error, int]:
