@@ -17,6 +17,7 @@ import logging
 import random
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -130,7 +131,7 @@ class Client:
         *,
         dtype: str = "fp16",
         buffer_frames: int = 64,
-        max_attempts: int = 8,
+        retry_for_s: float = 30.0,
         backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         open_timeout_s: float = 10.0,
@@ -139,10 +140,10 @@ class Client:
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        if buffer_frames < 1 or max_attempts < 1:
-            raise ValueError("buffer_frames and max_attempts must be >= 1")
+        if buffer_frames < 1 or not retry_for_s > 0:
+            raise ValueError("buffer_frames must be >= 1 and retry_for_s > 0")
         self.url, self.identity, self.dtype = url, identity, dtype
-        self.buffer_frames, self.max_attempts = buffer_frames, max_attempts
+        self.buffer_frames, self.retry_for_s = buffer_frames, retry_for_s
         self.backoff_s, self.max_backoff_s, self.open_timeout_s = (
             backoff_s,
             max_backoff_s,
@@ -172,6 +173,8 @@ class Client:
         self._error: Error | None = None
         """The server's last connection-level error: why it is about to close."""
         self._attempt = 0
+        self._failing_since: float | None = None
+        """When the current run of failed connection attempts began."""
         self._connection: ClientConnection | None = None
         self._failure: BaseException | None = None
         self._started = asyncio.Event()
@@ -187,7 +190,7 @@ class Client:
 
     async def start(self) -> None:
         """Connect; raises ``AuthError``/``RemoteError`` if refused, ``ConnectionError``
-        when no connection could be made in ``max_attempts``."""
+        when no connection could be made within ``retry_for_s``."""
         self._task = asyncio.create_task(self._run())
         self._task.add_done_callback(self._check_run)
         await self._started.wait()
@@ -323,9 +326,14 @@ class Client:
             if self._closing:
                 return
             self._attempt += 1
-            if self._attempt > self.max_attempts:
+            now = time.monotonic()
+            self._failing_since = self._failing_since or now
+            if now - self._failing_since > self.retry_for_s:
                 return self._fail(
-                    ConnectionError(f"no connection after {self.max_attempts} attempts: {reason}")
+                    ConnectionError(
+                        f"no connection for {self.retry_for_s:g} s "
+                        f"({self._attempt} attempts): {reason}"
+                    )
                 )
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** (self._attempt - 1))
             delay *= random.uniform(0.5, 1.0)
@@ -351,7 +359,7 @@ class Client:
             raise RemoteError(reply.code, reply.message)
         if not isinstance(reply, Ready):
             raise RemoteError("bad_message", f"expected ready, got {reply.TYPE}")
-        self._attempt = 0
+        self._attempt, self._failing_since = 0, None
         self._resume_key = reply.resume_key
         self._max_frame_bytes = reply.max_frame_bytes
         if not reply.resumed:

@@ -467,6 +467,30 @@ def test_wrong_tokens_are_logged_sparingly_and_throttled(
     assert 1 <= len(lines) <= 2 and "refused 1 login(s) from 127.0.0.1" in lines[0].getMessage()
 
 
+def test_a_client_rides_out_a_server_restart(stage: DecoderStage, identity: Identity) -> None:
+    """Retries go on for ``retry_for_s`` (30 s by default), not a fixed few attempts: a
+    server down for 1.5 s loses nothing; with nobody there, the error says how long."""
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN) as server:
+            port = server.port
+        client = Client(url(port), TOKEN, identity, backoff_s=0.05, max_backoff_s=0.2)
+        starting = asyncio.create_task(client.start())
+        await asyncio.sleep(1.5)
+        assert not starting.done()
+        async with serve(stage, identity, token=TOKEN, port=port):
+            await starting
+            frames = utterance(5, 2)
+            await send_all(client, 0, frames)
+            assert await client.result(0) == stage(wire_vectors(frames))
+            await client.close()
+        alone = Client(url(port), TOKEN, identity, retry_for_s=0.3, backoff_s=0.05)
+        with pytest.raises(ConnectionError, match=r"no connection for 0\.3 s"):
+            await alone.start()
+
+    run(main)
+
+
 async def refusal(port: int, first: str | bytes) -> tuple[Error, int]:
     """Connect, send ``first``, return the error and close code that follow."""
     async with connect(url(port), additional_headers=AUTH, compression=None) as ws:

@@ -107,7 +107,7 @@ def connect(bundle: Bundle, url: str, token: str | None) -> Sink:
     if not url.startswith(("ws://", "wss://")):
         raise click.UsageError(f"--server must be a ws:// or wss:// URL, got {url!r}")
     try:
-        return RemoteSink(url, token, wire_identity(bundle), max_attempts=3)
+        return RemoteSink(url, token, wire_identity(bundle))
     except (RemoteError, ConnectionError, OSError, TimeoutError) as exc:
         raise click.ClickException(f"cannot use the server at {url}: {exc}") from None
 
