@@ -94,8 +94,28 @@ def test_decoder_run_loads_and_scores_audio(chain, monkeypatch: pytest.MonkeyPat
     assert set(entropy["voices"]) <= {"espeak_en-us+f4", "flite_rms"}
 
 
+@pytest.fixture(scope="module")
+def v2_bundle(chain, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_bundle_v2`` of the chain's runs, with its first test utterance as sample."""
+    from edgetok.train.make_bundle import make_bundle_v2
+
+    corpus, runs = chain
+    first = json.loads((corpus / "test.jsonl").read_text().splitlines()[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
+        bundle = make_bundle_v2(
+            tmp_path_factory.mktemp("v2-bundle") / "bundle",
+            semantic_run=runs / "semantic",
+            lm_run=runs / "lm",
+            decoder_run=runs / "decoder",
+            corpus_dir=corpus,
+            sample_wav=corpus / first["path"],
+        )
+    return bundle.root
+
+
 def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
-    chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    chain, v2_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``make_bundle_v2``: the tokenizer gives tokens and encoder frames, the aggregator
     reads the frames, the server decoder is the Whisper graphs with the BPE vocabulary;
@@ -104,20 +124,11 @@ def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
     from edgetok.bundle import load_bundle, sha256_file
     from edgetok.segment import frames_to_padded
     from edgetok.stages import Transcriber
-    from edgetok.train.make_bundle import make_bundle_v2
     from edgetok.whisper_decoding import WhisperDecoderStage
 
     corpus, runs = chain
     monkeypatch.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
-    first = json.loads((corpus / "test.jsonl").read_text().splitlines()[0])
-    bundle = make_bundle_v2(
-        tmp_path / "bundle",
-        semantic_run=runs / "semantic",
-        lm_run=runs / "lm",
-        decoder_run=runs / "decoder",
-        corpus_dir=corpus,
-        sample_wav=corpus / first["path"],
-    )
+    bundle = load_bundle(v2_bundle)
     assert {"decoder_context", "decoder_step", "aggregator"} <= set(bundle.models)
     assert bundle.text is not None and bundle.frontend.mel_scale == "slaney"
     diffs = bundle.training["export_max_abs_diff"]
@@ -157,24 +168,19 @@ def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
 
 
 def test_v2_baseline_pack_decodes_from_the_bundles_tokens(
-    chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    chain, v2_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``train export-baselines --v2``: a pack directory with the aggregator, the decoder's
     two graphs and the vocabulary, which ``DecoderPack.from_dir`` opens as a v2 pack."""
     from edgetok.audio import load_audio
+    from edgetok.bundle import load_bundle
     from edgetok.stages import DecoderPack, Transcriber
-    from edgetok.train.make_bundle import export_whisper_decoder_pack, make_bundle_v2
+    from edgetok.train.make_bundle import export_whisper_decoder_pack
     from edgetok.whisper_decoding import WhisperDecoderStage
 
     corpus, runs = chain
     monkeypatch.setenv("EDGETOK_CACHE", str(corpus.parent / "cache"))
-    bundle = make_bundle_v2(
-        tmp_path / "bundle",
-        semantic_run=runs / "semantic",
-        lm_run=runs / "lm",
-        decoder_run=runs / "decoder",
-        corpus_dir=corpus,
-    )
+    bundle = load_bundle(v2_bundle)
     pack_dir = export_whisper_decoder_pack(runs / "decoder", tmp_path / "pack")
     pack = DecoderPack.from_dir(pack_dir, beam=1)
     assert isinstance(pack.decoder, WhisperDecoderStage) and pack.aggregator.reads_frames

@@ -380,6 +380,17 @@ def v2_eval_cmd(manifest, human, semantic_run, lm_run, decoder_runs, limit, thre
     click.echo(json.dumps(result, indent=1))
 
 
+def _bundle_meta_options(f):
+    """``--description`` and ``--sample-voice`` of the bundle commands."""
+    f = click.option(
+        "--sample-voice",
+        default="flite_rms",
+        show_default=True,
+        help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
+    )(f)
+    return click.option("--description", default=None, help="The bundle's one-line description.")(f)
+
+
 @command.command("bundle")
 @_corpus_option
 @click.option(
@@ -398,13 +409,7 @@ def v2_eval_cmd(manifest, human, semantic_run, lm_run, decoder_runs, limit, thre
     help="Reuse this bundle's tokenizer, entropy LM and codebook (no tokenizer or LM run "
     "needed); only the aggregator and decoder come from --decoder-run. It may be --out.",
 )
-@click.option("--description", default=None, help="The bundle's one-line description.")
-@click.option(
-    "--sample-voice",
-    default="flite_rms",
-    show_default=True,
-    help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
-)
+@_bundle_meta_options
 def bundle_cmd(
     corpus_dir, out, tokenizer_run, lm_run, decoder_run, base, description, sample_voice
 ) -> None:
@@ -438,13 +443,7 @@ def bundle_cmd(
 @click.option("--semantic-run", default="semantic", show_default=True)
 @click.option("--lm-run", default="entropy_lm_v2", show_default=True)
 @click.option("--decoder-run", default="whisper_decoder_entropy", show_default=True)
-@click.option("--description", default=None, help="The bundle's one-line description.")
-@click.option(
-    "--sample-voice",
-    default="flite_rms",
-    show_default=True,
-    help="Held-out test voice whose utterance becomes the bundle's sample.wav.",
-)
+@_bundle_meta_options
 def bundle_v2_cmd(
     corpus_dir, out, semantic_run, lm_run, decoder_run, description, sample_voice
 ) -> None:
