@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from ssl import SSLCertVerificationError, SSLContext
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -46,9 +46,6 @@ from edgetok.protocol import (
     encode_frame,
     parse_message,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "AuthError",

@@ -45,9 +45,9 @@ from edgetok.jit import njit
 __all__ = [
     "Segmenter",
     "boundaries",
+    "frames_to_padded",
     "segment_lengths",
     "segment_rate",
-    "frames_to_padded",
     "segments_to_padded",
     "threshold_for_rate",
     "warmup",

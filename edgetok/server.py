@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
@@ -48,9 +48,6 @@ from edgetok.protocol import (
     decode_frame,
     parse_message,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BackgroundServer",
@@ -102,10 +99,10 @@ class Limits:
     decode_threads: int = 2
     hello_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
+    """A connection that sends no frame for this long, with no text owed to it, is closed."""
     max_auth_failures: int = 20
     """Wrong tokens per address per ``auth_window_s``; beyond, the address gets HTTP 429."""
     auth_window_s: float = 60.0
-    """A connection that sends no frame for this long, with no text owed to it, is closed."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
