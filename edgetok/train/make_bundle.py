@@ -181,16 +181,15 @@ def export_whisper_pack(model: nn.Module, directory: Path) -> tuple[dict, dict[s
     }
     for role in ("decoder_context", "decoder_step"):
         store_weights_fp16(paths[role], paths[role])
-    models = {role: ModelEntry.fp32_onnx(path) for role, path in paths.items()}
     source = f"{ENCODER}:{EMBEDDING_SOURCE_VARIABLE}"
     embedding = externalize_initializer(
         paths["decoder_step"], "decoder.token_embedding.weight__fp16", EMBEDDING_FILE
     )
     if embedding != pretrained_bytes(source):
         raise ValueError(f"the decoder's token embedding is not {source}")
+    models = {role: ModelEntry.fp32_onnx(path) for role, path in paths.items()}
     models["decoder_step"] = replace(
         models["decoder_step"],
-        sha256=sha256_file(paths["decoder_step"]),
         external_file=EMBEDDING_FILE,
         external_sha256=hashlib.sha256(embedding).hexdigest(),
         external_source=source,
@@ -226,8 +225,7 @@ def make_bundle_v2(
     models, diffs = export_whisper_pack(model, staging)
     encoder, _ = load_whisper(whisper_dir(ENCODER) / "model.bin")
     bottleneck = load_semantic(semantic_run)
-    front = {"tokenizer": staging / V2_MODEL_FILES["tokenizer"]}
-    front["entropy_lm"] = staging / V2_MODEL_FILES["entropy_lm"]
+    front = {role: staging / V2_MODEL_FILES[role] for role in ("tokenizer", "entropy_lm")}
     diffs["tokenizer"] = export_semantic_tokenizer(
         SemanticTokenizerExport(encoder, bottleneck), front["tokenizer"]
     )
