@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fixtures import bad_models
 from fixtures.make_tiny_bundle import N_MELS, D, K, V, make_tiny_bundle, weights
 
 from edgetok import runtime
 from edgetok.runtime import (
+    ModelError,
     Session,
     SessionOptions,
     TensorSpec,
@@ -238,3 +240,29 @@ def test_tensor_spec_validates(args: tuple, message: str) -> None:
 
 def test_tensor_spec_str() -> None:
     assert str(TensorSpec("mel", "float32", ("B", None, 80))) == "mel float32 [B, ?, 80]"
+
+
+@pytest.mark.parametrize("spoil", [bad_models.truncated, bad_models.garbage])
+def test_a_model_that_does_not_parse_is_one_line_naming_the_file(
+    models: Path, tmp_path: Path, spoil
+) -> None:
+    path = tmp_path / "tokenizer.onnx"
+    path.write_bytes(spoil((models / "tokenizer.onnx").read_bytes()))
+    with pytest.raises(ModelError) as error:
+        open_session(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: onnxruntime cannot load the model: ")
+    assert "\n" not in message
+
+
+def test_a_model_that_fails_to_run_names_the_file(models: Path, tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.onnx"
+    path.write_bytes(bad_models.fails_to_run((models / "tokenizer.onnx").read_bytes()))
+    session = open_session(path)
+    features = session.run({"mel": np.zeros((1, 14, N_MELS), np.float32)})["features"]
+    assert features.shape == (1, 7, D)  # 7 frames: loads and runs
+    with pytest.raises(ModelError) as error:
+        session.run({"mel": np.zeros((1, 8, N_MELS), np.float32)})
+    message = str(error.value)
+    assert message.startswith(f"{path}: the model failed to run: ")
+    assert "\n" not in message

@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "DTYPES",
     "PRECISIONS",
+    "ModelError",
     "Precision",
     "Session",
     "SessionOptions",
@@ -49,6 +50,15 @@ Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: Final[tuple[Precision, ...]] = ("fp32", "fp16", "int8")
 
 Dim = int | str | None
+
+
+class ModelError(ValueError):
+    """A model file that its backend cannot load or run (truncated, garbage, or a graph
+    the backend rejects); the message names the file, on one line."""
+
+    def __init__(self, path: str | Path, what: str, cause: BaseException | str) -> None:
+        reason = str(cause).strip().splitlines()
+        super().__init__(f"{path}: {what}: {reason[0] if reason else type(cause).__name__}")
 
 
 @dataclass(frozen=True)
@@ -167,15 +177,20 @@ def open_session(
     """Load the model at ``path`` with ``backend``.
 
     Raises ``ValueError`` for an unknown backend (listing the known ones),
-    ``FileNotFoundError`` for a missing model file, and ``ImportError`` naming what to
-    install when the backend's package is not installed.
+    ``FileNotFoundError`` for a missing model file, ``ImportError`` naming what to
+    install when the backend's package is not installed, and ``ModelError`` when the
+    backend cannot load the file.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(_BACKENDS)}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found (backend {backend!r})")
-    return _factory(backend)(path, options=options or SessionOptions())
+    factory = _factory(backend)
+    try:
+        return factory(path, options=options or SessionOptions())
+    except RuntimeError as exc:  # OpenVINO's and TensorRT's errors for a file they reject
+        raise ModelError(path, f"{backend} cannot load the model", exc) from None
 
 
 def check_inputs(

@@ -19,8 +19,9 @@ from typing import Any, Final
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _state
 
-from edgetok.runtime import SessionOptions, TensorSpec, check_inputs
+from edgetok.runtime import ModelError, SessionOptions, TensorSpec, check_inputs
 
 _GRAPH_LEVELS: Final = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -31,6 +32,17 @@ _GRAPH_LEVELS: Final = {
 _EXTRA_KEYS: Final = ("providers", "graph_optimization_level")
 # ONNX element type names that differ from numpy's.
 _ONNX_TO_NUMPY: Final = {"float": "float32", "double": "float64"}
+# What ONNX Runtime raises for a model it cannot parse, load or run (none derives from
+# RuntimeError).
+_ORT_ERRORS: Final = (
+    _state.Fail,
+    _state.InvalidArgument,
+    _state.InvalidGraph,
+    _state.InvalidProtobuf,
+    _state.NoSuchFile,
+    _state.NotImplemented,
+    _state.RuntimeException,
+)
 
 
 class OnnxRuntimeSession:
@@ -59,9 +71,12 @@ class OnnxRuntimeSession:
         session_options.graph_optimization_level = _GRAPH_LEVELS[level]
 
         self.path = path
-        self._session = ort.InferenceSession(
-            str(path), sess_options=session_options, providers=providers
-        )
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=providers
+            )
+        except _ORT_ERRORS as exc:
+            raise ModelError(path, "onnxruntime cannot load the model", exc) from None
         self.inputs = [_spec(arg, path) for arg in self._session.get_inputs()]
         self.outputs = [_spec(arg, path) for arg in self._session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
@@ -69,7 +84,10 @@ class OnnxRuntimeSession:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the model's, run, return every output by name."""
         check_inputs(inputs, self.inputs, model=self.path)
-        values = self._session.run(self._output_names, inputs)
+        try:
+            values = self._session.run(self._output_names, inputs)
+        except _ORT_ERRORS as exc:
+            raise ModelError(self.path, "the model failed to run", exc) from None
         return dict(zip(self._output_names, values, strict=True))
 
 
