@@ -10,6 +10,7 @@ must then never block it, and counts what it cannot keep (``overruns``).
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -110,7 +111,9 @@ class FileSource:
     """An audio file (WAV, FLAC, OGG, ...) streamed in chunks of ``chunk_s`` seconds.
 
     With ``realtime`` the chunks are paced at the speed of the audio, as a microphone
-    would deliver them (the source is then ``live``).
+    would deliver them (the source is then ``live``). A file that ends before the audio
+    its header declares (a truncated WAV), or that fails to read after some audio, ends
+    the iteration quietly; ``shortfall`` then says how much was read.
     """
 
     def __init__(
@@ -127,9 +130,20 @@ class FileSource:
         self.live = realtime
         self.overruns = 0
         self._closed = threading.Event()
-        self.duration_s = _file_info(self.path).duration
+        info = _file_info(self.path)
+        self.rate = info.samplerate
+        self.duration_s = info.duration
+        self.declared_frames: int = _wav_data_frames(self.path) or info.frames
+        """Sample frames the header declares (a WAV's data chunk size, which libsndfile
+        would otherwise trim to the bytes present)."""
+        self.frames_read = 0
+        """Sample frames read so far, at the file's rate."""
+        self.read_error: str | None = None
+        """Why reading stopped early, when it failed after some audio."""
+        self._ended = False
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        self.frames_read, self.read_error, self._ended = 0, None, False
         try:
             with sf.SoundFile(self.path) as file:
                 mono = _Mono(str(self.path), file.samplerate, self.sample_rate)
@@ -139,10 +153,19 @@ class FileSource:
                     always_2d=True,
                 )
                 start = time.monotonic()
-                for block in blocks:
-                    if self._closed.is_set():
-                        return
+                while not self._closed.is_set():
+                    try:
+                        block = next(blocks, None)
+                    except (sf.SoundFileError, OSError) as exc:
+                        if mono.frames == 0:
+                            raise
+                        self.read_error = str(exc)
+                        block = None
+                    if block is None:
+                        self._ended = True
+                        break
                     chunk = mono(block)
+                    self.frames_read = mono.frames
                     if self.live:
                         time.sleep(
                             max(0.0, start + mono.frames / file.samplerate - time.monotonic())
@@ -153,11 +176,52 @@ class FileSource:
                     yield tail
         except (sf.SoundFileError, OSError) as exc:
             raise AudioError(f"{self.path}: not a readable audio file ({exc})") from None
-        if mono.frames == 0:
+        if mono.frames == 0 and not self._closed.is_set():
             raise AudioError(f"{self.path}: holds no audio samples")
+
+    def shortfall(self) -> str | None:
+        """After the iteration: how much less audio was read than the header declares,
+        as a sentence naming the file (None when all of it was read, or when the
+        iteration was closed before the end)."""
+        if not self._ended or (
+            self.frames_read >= self.declared_frames and self.read_error is None
+        ):
+            return None
+        why = f"reading failed: {self.read_error}" if self.read_error else "truncated?"
+        return (
+            f"{self.path}: read {self.frames_read / self.rate:.2f} s of audio, its header "
+            f"declares {self.declared_frames / self.rate:.2f} s ({why})"
+        )
 
     def close(self) -> None:
         self._closed.set()
+
+
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+"""Data chunk sizes that a WAV writer on a pipe leaves when it cannot know the size."""
+
+
+def _wav_data_frames(path: Path) -> int | None:
+    """Sample frames the data chunk of a RIFF WAVE file declares; None for another
+    format or an open-ended size."""
+    with path.open("rb") as file:
+        head = file.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None
+        block_align = 0
+        while len(header := file.read(8)) == 8:
+            name, size = header[:4], int.from_bytes(header[4:], "little")
+            if name == b"data":
+                known = block_align and size not in _UNKNOWN_SIZES
+                return size // block_align if known else None
+            skip = size + size % 2  # chunks are padded to even sizes
+            if name == b"fmt ":
+                fmt = file.read(min(skip, 16))
+                if len(fmt) >= 14:
+                    block_align = int.from_bytes(fmt[12:14], "little")
+                skip -= len(fmt)
+            file.seek(skip, os.SEEK_CUR)
+    return None
 
 
 def _file_info(path: Path) -> Any:

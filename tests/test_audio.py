@@ -158,3 +158,44 @@ def test_raw_other_rate_is_resampled() -> None:
 def test_raw_errors(data: bytes, fmt: str, message: str) -> None:
     with pytest.raises(AudioError, match=message):
         _stream(RawSource(io.BytesIO(data), format=fmt))  # type: ignore[arg-type]
+
+
+def _cut(path: Path, out: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    out.write_bytes(data[: round(len(data) * fraction)])
+    return out
+
+
+def test_a_truncated_wav_is_read_up_to_its_end_and_says_so(tmp_path: Path) -> None:
+    samples = np.random.default_rng(1).uniform(-0.5, 0.5, 48000).astype(np.float32)
+    sf.write(tmp_path / "whole.wav", samples, 16000, subtype="PCM_16")
+    whole = FileSource(tmp_path / "whole.wav")
+    assert len(_stream(whole)) == 48000 and whole.shortfall() is None
+    cut = FileSource(_cut(tmp_path / "whole.wav", tmp_path / "cut.wav", 1 / 3))
+    read = len(_stream(cut))
+    assert read == (96044 // 3 - 44) // 2  # the 44-byte header, 2 bytes a sample
+    assert cut.declared_frames == 48000
+    assert cut.shortfall() == (
+        f"{tmp_path / 'cut.wav'}: read {read / 16000:.2f} s of audio, its header declares "
+        "3.00 s (truncated?)"
+    )
+
+
+def test_a_flac_that_fails_midway_keeps_what_was_read(tmp_path: Path) -> None:
+    samples = np.random.default_rng(2).uniform(-0.5, 0.5, 48000).astype(np.float32)
+    sf.write(tmp_path / "whole.flac", samples, 16000, subtype="PCM_16")
+    cut = FileSource(_cut(tmp_path / "whole.flac", tmp_path / "cut.flac", 1 / 3))
+    read = len(_stream(cut))
+    assert 0 < read < 48000
+    assert cut.shortfall().startswith(
+        f"{tmp_path / 'cut.flac'}: read {read / 16000:.2f} s of audio, its header declares "
+        "3.00 s (reading failed: "
+    )
+
+
+def test_a_source_closed_early_reports_no_shortfall(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+    source = FileSource(tmp_path / "a.wav", chunk_s=0.1)
+    for _ in source:
+        source.close()
+    assert source.frames_read == 1600 and source.shortfall() is None
