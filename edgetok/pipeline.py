@@ -6,8 +6,9 @@ dropped and counted in ``PipelineStats`` (a file or a pipe just waits). *Worker*
 VAD; while an utterance lasts it feeds the streaming log-mel frontend, and when the VAD
 ends it, runs tokenizer -> entropy LM -> segmenter -> aggregator -> sink and puts an
 ``Utterance`` (text, per-stage seconds, end-of-speech -> final-text latency, bytes) into a
-bounded result queue that ``run`` yields from. ``transcribe`` does the same for one whole
-utterance without the VAD.
+bounded result queue that ``run`` yields from. The VAD ends an utterance before it holds
+``MAX_UTTERANCE_S`` of audio, so memory stays flat however long the source runs.
+``transcribe`` does the same for one whole utterance without the VAD.
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from edgetok.audio import AudioSource
+from edgetok.audio import SAMPLE_RATE, AudioSource
 from edgetok.frontend import LogMelStream, log_mel
 from edgetok.sinks import Sink, frames_bytes
 from edgetok.stages import Transcriber
-from edgetok.vad import SileroModel, VadConfig, VadEvent, VoiceDetector
+from edgetok.vad import CHUNK, SileroModel, VadConfig, VadEvent, VoiceDetector
 
-__all__ = ["Pipeline", "PipelineStats", "Traffic", "Utterance"]
+__all__ = ["MAX_UTTERANCE_S", "Pipeline", "PipelineStats", "TokenArrays", "Traffic", "Utterance"]
 
+MAX_UTTERANCE_S = 30.0
+"""The longest utterance, in seconds, that the models take in one pass: the v2 tokenizer
+(Whisper's encoder) has 1,500 positions at 50 tokens/s. Every bundle is held to it, so a
+pipeline cuts longer speech and a server never sees more."""
 PCM_BYTES = 2
 """Bytes per sample of raw 16-bit PCM, the baseline of the byte counts."""
 _END = object()
@@ -47,6 +52,18 @@ class Traffic:
     """The same frames with one vector per token (dense 50 Hz tokens)."""
     pcm: int
     """Its audio as 16-bit PCM."""
+
+
+@dataclass(frozen=True)
+class TokenArrays:
+    """What the device made of one utterance, kept when a pipeline is asked to."""
+
+    ids: np.ndarray
+    """Token ids int64 [T]."""
+    entropy: np.ndarray
+    """Entropy float32 [T] (nats per token)."""
+    starts: np.ndarray
+    """Segment starts int [S] (token indices)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class Utterance:
     """From the capture of the end of speech to the final text (VAD hangover included)."""
     finalize_s: float
     """From the VAD's end-of-utterance decision to the final text."""
+    arrays: TokenArrays | None = None
+    """Its tokens, entropies and segment starts (``Pipeline(keep_tokens=True)``)."""
 
     @property
     def duration_s(self) -> float:
@@ -126,6 +145,13 @@ class PipelineStats:
         return self.dropped_samples + self.source_overruns
 
 
+def _capped(vad: VadConfig) -> VadConfig:
+    """``vad`` with ``max_speech_s`` low enough that an utterance stays within
+    ``MAX_UTTERANCE_S``: the VAD overshoots it by less than its hangover and a chunk."""
+    longest = MAX_UTTERANCE_S - vad.min_silence_s - CHUNK / SAMPLE_RATE
+    return vad if vad.max_speech_s <= longest else replace(vad, max_speech_s=longest)
+
+
 @contextlib.contextmanager
 def _stopwatch(
     timings: dict[str, float], stage: str, clock: Callable[[], float] = time.perf_counter
@@ -155,6 +181,9 @@ class Pipeline:
     ``queue_chunks`` bounds the capture queue (about 16 s of 32 ms chunks by default),
     ``results`` the finished utterances not yet taken from ``run``. ``clock`` times the
     stages (default wall time; ``edgetok bench --clock cpu`` passes the process CPU time).
+    The VAD's ``max_speech_s`` is lowered where needed so that no utterance, its padding
+    included, exceeds ``MAX_UTTERANCE_S``. ``keep_tokens`` keeps each utterance's
+    ``TokenArrays``.
     """
 
     def __init__(
@@ -168,11 +197,13 @@ class Pipeline:
         results: int = 16,
         result_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.perf_counter,
+        keep_tokens: bool = False,
     ) -> None:
         self.transcriber = transcriber
         self.sink = sink
         self.sample_rate = transcriber.sample_rate
-        self.vad, self._vad_model = vad or VadConfig(), vad_model
+        self.vad, self._vad_model = _capped(vad or VadConfig()), vad_model
+        self.keep_tokens = keep_tokens
         self.queue_chunks, self.results = queue_chunks, results
         self.result_timeout_s = result_timeout_s
         self.clock = clock
@@ -378,4 +409,5 @@ class Pipeline:
             traffic=traffic,
             latency_s=done - spoken,
             finalize_s=done - decided,
+            arrays=TokenArrays(tokens, entropy, starts) if self.keep_tokens else None,
         )

@@ -110,7 +110,9 @@ class VadConfig:
     pad_s: float = 0.1
     """Audio kept before the first and after the last voiced chunk (<= ``min_silence_s``)."""
     max_speech_s: float = 30.0
-    """An utterance this long is ended, and the next one starts at once."""
+    """An utterance this long is ended, and the next one starts at once (in a pause
+    shorter than ``min_silence_s``, when the pause ends: an utterance is always shorter
+    than ``max_speech_s + min_silence_s`` and one chunk)."""
     max_events: int = 64
     """Capacity of the event queue: ``accept_waveform`` raises ``VadOverflow`` when full."""
 

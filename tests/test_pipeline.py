@@ -16,12 +16,12 @@ import soundfile as sf
 
 from edgetok.audio import AudioError, FileSource, load_audio
 from edgetok.bundle import load_bundle
-from edgetok.pipeline import Pipeline, Utterance
+from edgetok.pipeline import MAX_UTTERANCE_S, Pipeline, Utterance
 from edgetok.protocol import decode_frame, wire_identity
 from edgetok.server import start_server
 from edgetok.sinks import JsonlSink, LocalSink, RemoteSink, frames_bytes
 from edgetok.stages import DecoderStage, Transcriber
-from edgetok.vad import SileroModel
+from edgetok.vad import CHUNK, SileroModel, VadConfig, VoiceDetector
 
 SR = 16000
 STAGES = {"vad", "frontend", "tokenizer", "entropy_lm", "segmenter", "aggregator"}
@@ -199,3 +199,54 @@ def test_a_source_at_another_rate_is_refused(
     source = FileSource(two, sample_rate=8000)
     with pytest.raises(ValueError, match="8000 Hz"):
         next(local(transcriber, vad_model).run(source))
+
+
+def test_long_speech_is_cut_within_the_utterance_limit(
+    transcriber: Transcriber, vad_model: SileroModel, speech_dir: Path, tmp_path: Path
+) -> None:
+    fox = load_audio(speech_dir / "fox.wav")
+    sf.write(tmp_path / "long.wav", np.tile(fox, 25), SR)  # 70 s, pauses under 0.3 s
+    pipeline = local(transcriber, vad_model)
+    assert pipeline.vad.max_speech_s < MAX_UTTERANCE_S
+    got = list(pipeline.run(FileSource(tmp_path / "long.wav")))
+    assert len(got) >= 3
+    assert all(u.duration_s <= MAX_UTTERANCE_S for u in got)
+    assert max(u.duration_s for u in got) > MAX_UTTERANCE_S - 1  # cut by the limit
+
+
+def test_utterances_overshoot_max_speech_by_less_than_the_hangover(
+    vad_model: SileroModel, speech_dir: Path
+) -> None:
+    """The bound the pipeline's cap at ``MAX_UTTERANCE_S`` relies on: a cut that falls in a
+    short pause waits for the pause to end."""
+    fox = load_audio(speech_dir / "fox.wav")
+    audio = np.tile(np.concatenate([fox, silence(0.1)]), 12)
+    config = VadConfig(max_speech_s=2.5)
+    detector = VoiceDetector(vad_model, config)
+    lengths: dict[int, int] = {}
+    for offset in range(0, len(audio) + 1, 1600):
+        if offset < len(audio):
+            detector.accept_waveform(audio[offset : offset + 1600])
+        else:
+            detector.flush()
+        while not detector.empty():
+            event = detector.pop()
+            lengths[event.utterance] = lengths.get(event.utterance, 0) + len(event.audio)
+    longest = max(lengths.values()) / SR
+    assert config.max_speech_s + CHUNK / SR < longest  # the pause case happened
+    assert longest < config.max_speech_s + config.min_silence_s + CHUNK / SR
+
+
+def test_kept_token_arrays_are_the_transcriber_s(
+    transcriber: Transcriber, vad_model: SileroModel, two: Path
+) -> None:
+    got = list(local(transcriber, vad_model, keep_tokens=True).run(FileSource(two)))
+    audio = load_audio(two)
+    assert len(got) == 2
+    for u in got:
+        expected = transcriber(audio[round(u.start_s * SR) : round(u.end_s * SR)])
+        assert u.arrays is not None
+        np.testing.assert_array_equal(u.arrays.ids, expected.tokens)
+        np.testing.assert_array_equal(u.arrays.entropy, expected.entropy)
+        np.testing.assert_array_equal(u.arrays.starts, expected.starts)
+    assert all(u.arrays is None for u in local(transcriber, vad_model).run(FileSource(two)))
