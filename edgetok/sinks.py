@@ -93,7 +93,12 @@ class LocalSink:
 
 
 class RemoteSink:
-    """An ``edgetok serve`` server through a ``RemoteDecoder`` (one session)."""
+    """An ``edgetok serve`` server through a ``RemoteDecoder`` (one session).
+
+    It keeps an utterance's segments until its text is taken, and sends them again (up
+    to ``resends`` times) when the server lost them with the session, as a restarted
+    server does.
+    """
 
     timing = "remote"
 
@@ -105,30 +110,62 @@ class RemoteSink:
         *,
         dtype: str = "fp16",
         timeout_s: float = 30.0,
+        resends: int = 3,
         **options: Any,
     ) -> None:
         from edgetok.client import RemoteDecoder
 
-        self.dtype, self.timeout_s = dtype, timeout_s
+        self.dtype, self.timeout_s, self.resends = dtype, timeout_s, resends
         self.remote = RemoteDecoder(url, token, identity, dtype=dtype, **options)
         self._handles = _Handles()
+        self._segments: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        """Handle -> segments of each utterance whose text was not taken yet."""
+        self.resent = 0
+        """Utterances sent again after a session loss."""
 
     def submit(self, starts: np.ndarray, lengths: np.ndarray, vectors: np.ndarray) -> int:
         handle = self._handles.take()
-        parts = _slices(len(starts))
-        for i, part in enumerate(parts):
-            self.remote.submit(
-                handle,
-                starts[part],
-                lengths[part],
-                vectors[part],
-                final=i == len(parts) - 1,
-                timeout=self.timeout_s,
-            )
+        self._segments[handle] = (starts, lengths, vectors)
+        self._send(handle, self._segments[handle])
         return handle
 
     def result(self, handle: int, timeout: float | None = None) -> str:
-        return self.remote.result(handle, timeout or self.timeout_s)
+        from edgetok.client import RemoteError
+
+        segments = self._segments.pop(handle)
+        resends = 0
+        while True:
+            try:
+                return self.remote.result(handle, timeout or self.timeout_s)
+            except RemoteError as exc:
+                if exc.code != "session_lost" or resends == self.resends:
+                    raise
+            resends += 1
+            self.resent += 1
+            handle = self._handles.take()
+            self._send(handle, segments)
+
+    def _send(self, handle: int, segments: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Send ``segments`` in frames as utterance ``handle``; a session lost meanwhile
+        is left for ``result`` to find."""
+        from edgetok.client import RemoteError
+
+        starts, lengths, vectors = segments
+        parts = _slices(len(starts))
+        for i, part in enumerate(parts):
+            try:
+                self.remote.submit(
+                    handle,
+                    starts[part],
+                    lengths[part],
+                    vectors[part],
+                    final=i == len(parts) - 1,
+                    timeout=self.timeout_s,
+                )
+            except RemoteError as exc:
+                if exc.code != "session_lost":
+                    raise
+                return
 
     def close(self) -> None:
         self.remote.close()
