@@ -17,7 +17,7 @@ import soundfile as sf
 from edgetok.audio import AudioError, FileSource, load_audio
 from edgetok.bundle import load_bundle
 from edgetok.pipeline import MAX_UTTERANCE_S, Pipeline, Utterance
-from edgetok.protocol import decode_frame, wire_identity
+from edgetok.protocol import decode_frame, encode_frame, wire_identity
 from edgetok.server import start_server
 from edgetok.sinks import JsonlSink, LocalSink, RemoteSink, frames_bytes
 from edgetok.stages import DecoderStage, Transcriber
@@ -98,6 +98,45 @@ def test_loopback_server_gives_the_same_transcripts(
     assert [u.text for u in got] == expected
     assert all(set(u.timings) == STAGES | {"remote"} for u in got)
     assert sink.remote.stats.payload_bytes == sum(u.traffic.segments for u in got)
+
+
+class Held:
+    """The real decoder stage, whose decodes wait until ``release`` is set."""
+
+    def __init__(self, stage: DecoderStage) -> None:
+        self.stage = stage
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, vectors: np.ndarray) -> str:
+        self.started.set()
+        self.release.wait(30)
+        return self.stage(vectors)
+
+
+def test_remote_sink_sends_again_what_a_restarted_server_lost(transcriber: Transcriber) -> None:
+    bundle = transcriber.bundle
+    stage, identity = DecoderStage(bundle.open("decoder")), wire_identity(bundle)
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(6, identity.dim)).astype(np.float32)
+    starts, lengths = np.arange(0, 12, 2), np.full(6, 2)
+    held = Held(stage)
+    first = start_server(held, identity, token="t")
+    port = first.port
+    sink = RemoteSink(f"ws://127.0.0.1:{port}/", "t", identity, backoff_s=0.05)
+    try:
+        handle = sink.submit(starts, lengths, vectors)
+        sink.remote.flush(10)  # applied by the first server
+        assert held.started.wait(10)  # and decoding when it goes down
+        first.close()
+        held.release.set()
+        with start_server(stage, identity, token="t", port=port) as second:
+            wire = decode_frame(encode_frame(0, 0, starts, lengths, vectors)).vectors
+            assert sink.result(handle) == stage(wire)
+            assert second.server.stats.finals == 1
+        assert sink.resent == 1
+    finally:
+        held.release.set()
+        sink.close()
 
 
 def test_jsonl_sink_writes_wire_frames(
