@@ -115,7 +115,7 @@ def open_transcriber(path: Path | None, threads: int, beam: int) -> Transcriber:
 
 
 def transcript_summary(transcript: Transcript) -> dict[str, Any]:
-    """The JSON-ready numbers of a transcript (``edgetok transcribe --json``)."""
+    """The JSON-ready numbers of a transcript (``edgetok inspect --json``)."""
     return {
         "text": transcript.text,
         "duration_s": transcript.duration_s,

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from edgetok.cli._common import (
-    beam_option,
-    bundle_option,
-    open_transcriber,
-    read_audio,
-    threads_option,
-    transcript_line,
-    transcript_summary,
-)
-from edgetok.cli._live import connect, server_options
+from edgetok.cli._batch import GRACE_S, TERMINATED, Failures, Termination
+from edgetok.cli._common import beam_option, bundle_option, open_transcriber, threads_option
+from edgetok.cli._filetext import FileText, utterance_line
+from edgetok.cli._live import connect, open_sink, server_options, vad_config, vad_options
 
 if TYPE_CHECKING:
-    import numpy as np
+    from tqdm import tqdm
 
-    from edgetok.pipeline import Pipeline, Utterance
+    from edgetok.pipeline import Pipeline
+    from edgetok.sinks import Sink
+
+CHUNK_S = 0.1
+"""Seconds of audio read from a file at a time."""
+QUEUE_CHUNKS = 16
+"""Chunks read ahead of the VAD: what is left to finish after SIGTERM."""
+
+
+class _ServerLost(Exception):
+    """The server cannot be reached again: the files left are not transcribed."""
 
 
 @click.command("transcribe")
@@ -31,19 +37,22 @@ if TYPE_CHECKING:
 )
 @bundle_option
 @server_options
+@vad_options
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON object per file: file, text, duration_s, tokens, segments, "
-    "tokens_per_s, segments_per_s, rtf, timings (seconds per stage); with --server also "
-    "latency_s and bytes (compressed segments, dense tokens, raw PCM).",
+    help="Print one JSON object per file: file, text, duration_s, speech_s, tokens, "
+    "segments, tokens_per_s and segments_per_s (per second of speech), rtf, timings "
+    "(seconds per stage), utterances (start_s, end_s, text, tokens, segments; with "
+    "--server also latency_s); with --server also bytes (compressed segments, dense "
+    "tokens, raw PCM).",
 )
 @click.option(
     "--dump-tokens",
     is_flag=True,
-    help="With --json and a local decoder: also token_ids, entropy (nats per token) and "
-    "starts (segment starts, token indices), as inspect --json gives them; for parity "
+    help="With --json: also token_ids, entropy (nats per token) and starts (segment "
+    "starts, token indices), the file's utterances one after the other; for parity "
     "checks across machines and backends.",
 )
 @beam_option
@@ -54,6 +63,9 @@ def command(
     server: str | None,
     token: str | None,
     local: bool,
+    vad_threshold: float,
+    min_speech: float,
+    hangover: float,
     as_json: bool,
     dump_tokens: bool,
     threads: int,
@@ -61,66 +73,161 @@ def command(
 ) -> None:
     """Transcribe each audio FILE (WAV, FLAC, OGG, ...; any rate, mixed to mono).
 
-    Prints the transcript with the token rate, the segment rate after entropy
-    compression, and the real-time factor (processing time / audio time). With --server
-    the segments go to a decoding server and the text comes back. A file that cannot be
-    read is reported and skipped; the exit status is then 1.
+    The file is read block by block and the voice activity detector (silero-vad) cuts
+    it into utterances of at most 30 s, so memory stays flat however long the file. Each
+    utterance is printed with its time span as its text comes, then the file's token
+    rate, segment rate after entropy compression, and real-time factor (processing time
+    / audio time). With --server the segments go to a decoding server and the text
+    comes back; the client rides out a server restart.
+
+    A file that cannot be read or transcribed is reported and the batch goes on; the
+    failures are listed at the end and the exit status is 1. A WAV shorter than its
+    header says is transcribed with a warning. SIGTERM stops reading audio, lets the
+    utterances in flight finish (up to 5 s) and exits with status 143.
     """
+    from edgetok.pipeline import Pipeline
+    from edgetok.vad import SileroModel
+
     if server is not None and local:
         raise click.UsageError("choose one of --server and --local")
-    if dump_tokens and (server is not None or not as_json):
-        raise click.UsageError("--dump-tokens needs --json and a local decoder (no --server)")
+    if dump_tokens and not as_json:
+        raise click.UsageError("--dump-tokens needs --json")
+    vad = vad_config(vad_threshold, min_speech, hangover)
     transcriber = open_transcriber(bundle_path, threads, beam)
-    pipeline = None
-    if server is not None:
-        from edgetok.pipeline import Pipeline
-
-        pipeline = Pipeline(transcriber, connect(transcriber.bundle, server, token))
-    failed = False
     try:
-        for path in files:
-            try:
-                audio = read_audio(path, transcriber.sample_rate)
-            except click.ClickException as exc:
-                click.echo(f"Error: {exc.message}", err=True)
-                failed = True
-                continue
-            if pipeline is None:
-                transcript = transcriber(audio)
-                summary, line = transcript_summary(transcript), transcript_line(transcript)
-                if dump_tokens:
-                    summary |= {
-                        "token_ids": transcript.tokens.tolist(),
-                        "entropy": transcript.entropy.tolist(),
-                        "starts": transcript.starts.tolist(),
-                    }
-            else:
-                utterance = _remote(pipeline, audio)
-                summary = {k: v for k, v in utterance.to_dict().items() if k != "utterance"}
-                line = (
-                    f"{utterance.duration_s:.2f} s: {utterance.tokens} tokens "
-                    f"({utterance.tokens_per_s:.1f}/s) -> {utterance.segments} segments "
-                    f"({utterance.segments_per_s:.1f}/s), RTF {utterance.rtf:.3f}, "
-                    f"{utterance.traffic.segments} B sent, text after "
-                    f"{utterance.latency_s * 1e3:.0f} ms"
-                )
-            if as_json:
-                click.echo(json.dumps({"file": str(path), **summary}))
-            else:
-                click.echo(f"{path}  {line}")
-                click.echo(f"  {summary['text']}")
+        vad_model = SileroModel()
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sink = open_sink(transcriber.bundle, transcriber, server, token, local)
+    pipeline = Pipeline(
+        transcriber,
+        sink,
+        vad=vad,
+        vad_model=vad_model,
+        queue_chunks=QUEUE_CHUNKS,
+        keep_tokens=dump_tokens,
+    )
+    failures = Failures(len(files))
+    try:
+        with Termination(GRACE_S) as termination:
+            for index, path in enumerate(files):
+                if termination.requested:
+                    rest = len(files) - index
+                    click.echo(f"stopped by SIGTERM: {rest} files not transcribed", err=True)
+                    break
+                try:
+                    _file(path, pipeline, termination, failures, server, token, as_json)
+                except _ServerLost as exc:
+                    for left in files[index:]:
+                        failures.add(left, str(exc))
+                    break
     finally:
-        if pipeline is not None:
-            pipeline.sink.close()
-    if failed:
+        _close(pipeline.sink)
+    failures.report()
+    if termination.requested:
+        raise SystemExit(TERMINATED)
+    if failures.lines:
         raise SystemExit(1)
 
 
-def _remote(pipeline: Pipeline, audio: np.ndarray) -> Utterance:
-    """``pipeline.transcribe`` with the server's refusals as click errors."""
+def _file(
+    path: Path,
+    pipeline: Pipeline,
+    termination: Termination,
+    failures: Failures,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Transcribe one file and print it; a failure is added to ``failures``."""
+    from edgetok.audio import AudioError, FileSource
     from edgetok.client import RemoteError
+    from edgetok.runtime import ModelError
+    from edgetok.vad import VadOverflow
 
     try:
-        return pipeline.transcribe(audio)
+        source = FileSource(path, sample_rate=pipeline.sample_rate, chunk_s=CHUNK_S)
+    except AudioError as exc:
+        failures.add(path, str(exc))
+        return
+    termination.source = source
+    text = FileText(path, source.duration_s, server is not None, pipeline.keep_tokens)
+    if not as_json:
+        click.echo(f"{path} ({source.duration_s:.2f} s)")
+    started = time.perf_counter()
+    try:
+        with _progress(path, source.duration_s) as bar:
+            for utterance in pipeline.run(source):
+                text.add(utterance)
+                bar.update(utterance.end_s - bar.n)
+                if not as_json:
+                    bar.write(utterance_line(utterance), file=sys.stdout)
+    except (AudioError, ModelError, RemoteError, TimeoutError, VadOverflow) as exc:
+        failures.add(path, str(exc))
+        return
+    except ConnectionError as exc:
+        failures.add(path, f"the server failed: {exc}")
+        _reconnect(pipeline, server, token)
+        return
+    finally:
+        termination.source = None
+    wall_s = time.perf_counter() - started
+    text.duration_s = source.frames_read / source.rate
+    if (shortfall := source.shortfall()) is not None:
+        click.echo(f"warning: {shortfall}", err=True)
+    if termination.requested:
+        click.echo(
+            f"{path}: stopped by SIGTERM after {text.duration_s:.2f} s of "
+            f"{source.duration_s:.2f} s",
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(text.summary(wall_s)))
+    else:
+        click.echo(f"  {text.line(wall_s)}")
+
+
+def _progress(path: Path, duration_s: float) -> tqdm[None]:
+    """A progress bar in seconds of audio on stderr (only where stderr is a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=round(duration_s, 2),
+        desc=path.name,
+        unit="s",
+        leave=False,
+        disable=None,
+        file=sys.stderr,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio "
+        "[{elapsed}<{remaining}]",
+    )
+
+
+def _reconnect(pipeline: Pipeline, server: str | None, token: str | None) -> None:
+    """A new connection for the next file after the last one failed for good, or
+    ``_ServerLost`` when the server stays out of reach."""
+    if server is None:
+        return
+    _close(pipeline.sink)
+    try:
+        pipeline.sink = connect(pipeline.transcriber.bundle, server, token)
+    except click.ClickException as exc:
+        raise _ServerLost(exc.message) from None
+
+
+def _close(sink: Sink) -> None:
+    """Close ``sink``, saying how often a server connection was lost and re-established;
+    a server that cannot take the last acknowledgements is a warning."""
+    from edgetok.client import RemoteError
+    from edgetok.sinks import RemoteSink
+
+    if isinstance(sink, RemoteSink) and (sink.remote.stats.reconnects or sink.resent):
+        click.echo(
+            f"server reconnections: {sink.remote.stats.reconnects}; utterances sent again "
+            f"after the server lost them: {sink.resent}",
+            err=True,
+        )
+    try:
+        sink.close()
     except (RemoteError, ConnectionError, TimeoutError) as exc:
-        raise click.ClickException(f"the server failed: {exc}") from None
+        click.echo(f"warning: closing the connection: {exc}", err=True)
