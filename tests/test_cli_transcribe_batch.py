@@ -99,6 +99,40 @@ def test_a_batch_survives_a_server_restart(
     assert [obj["text"] for obj in objects] == expected
 
 
+def test_the_files_left_fail_when_the_server_stays_away(
+    tiny_bundle: Path, speech_dir: Path, tmp_path: Path
+) -> None:
+    names = []
+    for i in range(4):
+        names.append(str(tmp_path / f"{i}.wav"))
+        shutil.copy(speech_dir / "hello.wav", names[-1])
+    with server(tiny_bundle) as (process, port):
+        url = f"ws://127.0.0.1:{port}/"
+        command = edgetok("transcribe", *names, "--bundle", str(tiny_bundle), "--server", url)
+        batch = subprocess.Popen(
+            [*command, "--retry-for", "1", "--json"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = batch.stdout.readline()
+        batch.send_signal(signal.SIGSTOP)
+        process.kill()
+        process.wait()
+        batch.send_signal(signal.SIGCONT)
+        out, err = batch.communicate(timeout=60)
+    assert batch.returncode == 1
+    assert "Traceback" not in err
+    assert json.loads(first)["file"] == names[0] and out == ""
+    errors = err.splitlines()
+    assert errors[0].startswith(f"Error: {names[1]}: the server failed: no connection for 1 s")
+    lost = f"cannot use the server at {url}: no connection for 1 s"
+    for name, line in zip(names[2:], errors[1:3], strict=True):
+        assert line.startswith(f"Error: {name}: {lost}")
+    assert errors[3] == "3 of 4 files failed:"
+
+
 def test_sigterm_lets_the_utterances_in_flight_finish(
     tiny_bundle: Path, long_speech: Path, speech_dir: Path
 ) -> None:

@@ -24,11 +24,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def server_options(f: F) -> F:
-    """``--server URL``, ``--token`` (env EDGETOK_TOKEN) or ``--token-file``, ``--local``."""
+    """``--server URL``, ``--token`` (env EDGETOK_TOKEN) or ``--token-file``,
+    ``--retry-for``, ``--local``."""
     f = click.option(
         "--local",
         is_flag=True,
         help="Decode on this machine (the default without --server).",
+    )(f)
+    f = click.option(
+        "--retry-for",
+        type=click.FloatRange(min=0.1),
+        default=30.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="With --server: how long the client keeps reconnecting (exponential backoff) "
+        "before it gives up.",
     )(f)
     f = token_options("The server's bearer token (env EDGETOK_TOKEN).")(f)
     return click.option(
@@ -85,6 +95,7 @@ def open_sink(
     token: str | None,
     local: bool,
     jsonl: Path | None = None,
+    retry_for_s: float = 30.0,
 ) -> Sink:
     """The sink the options ask for: a server, a .jsonl file, or the local decoder."""
     from edgetok.sinks import JsonlSink, LocalSink
@@ -95,11 +106,12 @@ def open_sink(
         return JsonlSink(jsonl)
     if server is None:
         return LocalSink(transcriber.pack.decoder)
-    return connect(bundle, server, token)
+    return connect(bundle, server, token, retry_for_s)
 
 
-def connect(bundle: Bundle, url: str, token: str | None) -> Sink:
-    """A ``RemoteSink`` to ``url``, or a click error saying why there is none."""
+def connect(bundle: Bundle, url: str, token: str | None, retry_for_s: float = 30.0) -> Sink:
+    """A ``RemoteSink`` to ``url`` that keeps reconnecting for ``retry_for_s`` seconds, or
+    a click error saying why there is none."""
     from edgetok.client import RemoteError
     from edgetok.protocol import wire_identity
     from edgetok.sinks import RemoteSink
@@ -107,7 +119,7 @@ def connect(bundle: Bundle, url: str, token: str | None) -> Sink:
     if not url.startswith(("ws://", "wss://")):
         raise click.UsageError(f"--server must be a ws:// or wss:// URL, got {url!r}")
     try:
-        return RemoteSink(url, token, wire_identity(bundle))
+        return RemoteSink(url, token, wire_identity(bundle), retry_for_s=retry_for_s)
     except (RemoteError, ConnectionError, OSError, TimeoutError) as exc:
         raise click.ClickException(f"cannot use the server at {url}: {exc}") from None
 

@@ -55,6 +55,7 @@ def command(
     bundle_path: Path | None,
     server: str | None,
     token: str | None,
+    retry_for: float,
     local: bool,
     jsonl: Path | None,
     vad_threshold: float,
@@ -86,7 +87,7 @@ def command(
             source = Microphone(int(device) if device and device.isdigit() else device)
     except AudioError as exc:
         raise click.ClickException(str(exc)) from None
-    sink = open_sink(transcriber.bundle, transcriber, server, token, local, jsonl)
+    sink = open_sink(transcriber.bundle, transcriber, server, token, local, jsonl, retry_for)
     pipeline = Pipeline(transcriber, sink, vad=vad)
     name = "stdin" if raw is not None else source.name
     click.echo(f"listening to {name}; Ctrl-C to stop", err=True)

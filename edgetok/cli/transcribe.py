@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,7 @@ def command(
     bundle_path: Path | None,
     server: str | None,
     token: str | None,
+    retry_for: float,
     local: bool,
     vad_threshold: float,
     min_speech: float,
@@ -78,7 +81,7 @@ def command(
     utterance is printed with its time span as its text comes, then the file's token
     rate, segment rate after entropy compression, and real-time factor (processing time
     / audio time). With --server the segments go to a decoding server and the text
-    comes back; the client rides out a server restart.
+    comes back; the client rides out a server restart (--retry-for).
 
     A file that cannot be read or transcribed is reported and the batch goes on; the
     failures are listed at the end and the exit status is 1. A WAV shorter than its
@@ -98,7 +101,7 @@ def command(
         vad_model = SileroModel()
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    sink = open_sink(transcriber.bundle, transcriber, server, token, local)
+    sink = open_sink(transcriber.bundle, transcriber, server, token, local, None, retry_for)
     pipeline = Pipeline(
         transcriber,
         sink,
@@ -110,15 +113,16 @@ def command(
     failures = Failures(len(files))
     try:
         with Termination(GRACE_S) as termination:
+            batch = _Batch(pipeline, termination, failures, server, token, retry_for, as_json)
             for index, path in enumerate(files):
                 if termination.requested:
                     rest = len(files) - index
                     click.echo(f"stopped by SIGTERM: {rest} files not transcribed", err=True)
                     break
                 try:
-                    _file(path, pipeline, termination, failures, server, token, as_json)
+                    batch.file(path)
                 except _ServerLost as exc:
-                    for left in files[index:]:
+                    for left in files[index + 1 :]:
                         failures.add(left, str(exc))
                     break
     finally:
@@ -130,61 +134,77 @@ def command(
         raise SystemExit(1)
 
 
-def _file(
-    path: Path,
-    pipeline: Pipeline,
-    termination: Termination,
-    failures: Failures,
-    server: str | None,
-    token: str | None,
-    as_json: bool,
-) -> None:
-    """Transcribe one file and print it; a failure is added to ``failures``."""
-    from edgetok.audio import AudioError, FileSource
-    from edgetok.client import RemoteError
-    from edgetok.runtime import ModelError
-    from edgetok.vad import VadOverflow
+@dataclass
+class _Batch:
+    """Files through one pipeline, each printed when done or added to ``failures``."""
 
-    try:
-        source = FileSource(path, sample_rate=pipeline.sample_rate, chunk_s=CHUNK_S)
-    except AudioError as exc:
-        failures.add(path, str(exc))
-        return
-    termination.source = source
-    text = FileText(path, source.duration_s, server is not None, pipeline.keep_tokens)
-    if not as_json:
-        click.echo(f"{path} ({source.duration_s:.2f} s)")
-    started = time.perf_counter()
-    try:
-        with _progress(path, source.duration_s) as bar:
-            for utterance in pipeline.run(source):
-                text.add(utterance)
-                bar.update(utterance.end_s - bar.n)
-                if not as_json:
-                    bar.write(utterance_line(utterance), file=sys.stdout)
-    except (AudioError, ModelError, RemoteError, TimeoutError, VadOverflow) as exc:
-        failures.add(path, str(exc))
-        return
-    except ConnectionError as exc:
-        failures.add(path, f"the server failed: {exc}")
-        _reconnect(pipeline, server, token)
-        return
-    finally:
-        termination.source = None
-    wall_s = time.perf_counter() - started
-    text.duration_s = source.frames_read / source.rate
-    if (shortfall := source.shortfall()) is not None:
-        click.echo(f"warning: {shortfall}", err=True)
-    if termination.requested:
-        click.echo(
-            f"{path}: stopped by SIGTERM after {text.duration_s:.2f} s of "
-            f"{source.duration_s:.2f} s",
-            err=True,
-        )
-    if as_json:
-        click.echo(json.dumps(text.summary(wall_s)))
-    else:
-        click.echo(f"  {text.line(wall_s)}")
+    pipeline: Pipeline
+    termination: Termination
+    failures: Failures
+    server: str | None
+    token: str | None
+    retry_for_s: float
+    as_json: bool
+
+    def file(self, path: Path) -> None:
+        """Transcribe ``path`` and print it (or record why not)."""
+        from edgetok.audio import AudioError, FileSource
+        from edgetok.client import RemoteError
+        from edgetok.runtime import ModelError
+
+        pipeline = self.pipeline
+        try:
+            source = FileSource(path, sample_rate=pipeline.sample_rate, chunk_s=CHUNK_S)
+        except AudioError as exc:
+            self.failures.add(path, str(exc))
+            return
+        self.termination.source = source
+        text = FileText(path, source.duration_s, self.server is not None, pipeline.keep_tokens)
+        if not self.as_json:
+            click.echo(f"{path} ({source.duration_s:.2f} s)")
+        started = time.perf_counter()
+        try:
+            with _progress(path, source.duration_s) as bar:
+                for utterance in pipeline.run(source):
+                    text.add(utterance)
+                    bar.update(utterance.end_s - bar.n)
+                    if not self.as_json:
+                        bar.write(utterance_line(utterance), file=sys.stdout)
+        except (AudioError, ModelError, RemoteError, TimeoutError, FutureTimeout) as exc:
+            self.failures.add(path, str(exc) or "no text from the server in time")
+            return
+        except ConnectionError as exc:
+            self.failures.add(path, f"the server failed: {exc}")
+            self._reconnect()
+            return
+        finally:
+            self.termination.source = None
+        wall_s = time.perf_counter() - started
+        text.duration_s = source.frames_read / source.rate
+        if (shortfall := source.shortfall()) is not None:
+            click.echo(f"warning: {shortfall}", err=True)
+        if self.termination.requested:
+            click.echo(
+                f"{path}: stopped by SIGTERM after {text.duration_s:.2f} s of "
+                f"{source.duration_s:.2f} s",
+                err=True,
+            )
+        if self.as_json:
+            click.echo(json.dumps(text.summary(wall_s)))
+        else:
+            click.echo(f"  {text.line(wall_s)}")
+
+    def _reconnect(self) -> None:
+        """A new connection for the next file after the last one failed for good, or
+        ``_ServerLost`` when the server stays out of reach."""
+        if self.server is None:
+            return
+        _close(self.pipeline.sink)
+        try:
+            bundle = self.pipeline.transcriber.bundle
+            self.pipeline.sink = connect(bundle, self.server, self.token, self.retry_for_s)
+        except click.ClickException as exc:
+            raise _ServerLost(exc.message) from None
 
 
 def _progress(path: Path, duration_s: float) -> tqdm[None]:
@@ -201,18 +221,6 @@ def _progress(path: Path, duration_s: float) -> tqdm[None]:
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio "
         "[{elapsed}<{remaining}]",
     )
-
-
-def _reconnect(pipeline: Pipeline, server: str | None, token: str | None) -> None:
-    """A new connection for the next file after the last one failed for good, or
-    ``_ServerLost`` when the server stays out of reach."""
-    if server is None:
-        return
-    _close(pipeline.sink)
-    try:
-        pipeline.sink = connect(pipeline.transcriber.bundle, server, token)
-    except click.ClickException as exc:
-        raise _ServerLost(exc.message) from None
 
 
 def _close(sink: Sink) -> None:
