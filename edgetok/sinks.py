@@ -124,9 +124,9 @@ class RemoteSink:
         """Utterances sent again after a session loss."""
 
     def submit(self, starts: np.ndarray, lengths: np.ndarray, vectors: np.ndarray) -> int:
-        handle = self._handles.take()
-        self._segments[handle] = (starts, lengths, vectors)
-        self._send(handle, self._segments[handle])
+        handle, segments = self._handles.take(), (starts, lengths, vectors)
+        self._send(handle, segments)
+        self._segments[handle] = segments
         return handle
 
     def result(self, handle: int, timeout: float | None = None) -> str:
