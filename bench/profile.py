@@ -49,8 +49,8 @@ import numpy as np
 
 from bench import machine as machine_info
 from edgetok.bundle import Bundle, BundleError, default_bundle_path, load_bundle
-from edgetok.compress import Compression
 from edgetok.runtime import SessionOptions, available_backends
+from edgetok.stages import bundle_compression
 
 if TYPE_CHECKING:
     from edgetok.pipeline import Utterance
@@ -122,20 +122,6 @@ class Config:
         parts = [self.target, self.backend, self.precision]
         name = "/".join(p for p in parts if p)
         return f"{name} ({self.label})" if self.label else name
-
-
-def bundle_compression(bundle: Bundle) -> Compression:
-    """The bundle's entropy segmentation rule (what ``DecoderPack.from_bundle`` builds)."""
-    seg = bundle.segmenter
-    return Compression(
-        mode="entropy",
-        max_len=seg.max_len,
-        global_threshold=seg.global_threshold,
-        relative_threshold=seg.relative_threshold,
-        min_len=seg.min_len,
-        token_rate_hz=bundle.tokens.rate_hz,
-        target_hz=seg.target_hz,
-    )
 
 
 def device_transcriber(bundle: Bundle, options: SessionOptions) -> Transcriber:

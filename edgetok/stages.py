@@ -29,6 +29,7 @@ from edgetok.vocab import BOS, EOS, VOCAB, decode_ids
 __all__ = [
     "COMPRESSION_FILE",
     "MAX_CHARS",
+    "SERVER_ROLES",
     "AggregatorStage",
     "DecoderPack",
     "DecoderStage",
@@ -37,6 +38,8 @@ __all__ = [
     "TokenizerStage",
     "Transcriber",
     "Transcript",
+    "bundle_compression",
+    "device_roles",
     "frontend_config",
     "server_decoder",
 ]
@@ -45,6 +48,8 @@ __all__ = [
 COMPRESSION_FILE = "compression.json"
 #: The most characters ``DecoderStage`` writes for one utterance by default.
 MAX_CHARS = 400
+#: A v2 bundle's server decoder graphs (``server_decoder``): never run on the device.
+SERVER_ROLES = ("decoder_context", "decoder_step")
 
 _T = TypeVar("_T")
 
@@ -60,6 +65,27 @@ def _fixed_last_dim(session: Session, output: str) -> int:
 def frontend_config(bundle: Bundle) -> FrontendConfig:
     """The log-mel recipe a bundle's tokenizer was trained on."""
     return FrontendConfig(sample_rate=bundle.audio.sample_rate, **bundle.frontend.to_dict())
+
+
+def device_roles(bundle: Bundle) -> tuple[str, ...]:
+    """The bundle's models a device runs, in pipeline order: tokenizer, entropy LM,
+    aggregator, and a v1 bundle's character decoder (``--local`` decoding); not v2's
+    ``SERVER_ROLES``."""
+    return tuple(role for role in bundle.models if role not in SERVER_ROLES)
+
+
+def bundle_compression(bundle: Bundle) -> Compression:
+    """The bundle's entropy segmentation rule."""
+    seg = bundle.segmenter
+    return Compression(
+        mode="entropy",
+        max_len=seg.max_len,
+        global_threshold=seg.global_threshold,
+        relative_threshold=seg.relative_threshold,
+        min_len=seg.min_len,
+        token_rate_hz=bundle.tokens.rate_hz,
+        target_hz=seg.target_hz,
+    )
 
 
 class TokenizerStage:
@@ -147,11 +173,16 @@ class AggregatorStage:
         cut at ``starts`` [S]."""
         if starts.shape[0] == 0:
             return np.zeros((0, self.dim), np.float32)
+        return self.session.run(self.feeds(source, starts, max_len))["vectors"]
+
+    def feeds(self, source: np.ndarray, starts: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+        """The model's inputs: ``source`` cut at ``starts`` [S >= 1], padded to ``max_len``,
+        and the mask."""
         if self.reads_frames:
             padded, mask = frames_to_padded(source, starts, max_len)
-            return self.session.run({"frames": padded, "mask": mask})["vectors"]
+            return {"frames": padded, "mask": mask}
         padded, mask = segments_to_padded(source, starts, max_len)
-        return self.session.run({"tokens": padded, "mask": mask})["vectors"]
+        return {"tokens": padded, "mask": mask}
 
 
 class DecoderStage:
@@ -325,18 +356,8 @@ class DecoderPack:
     ) -> DecoderPack:
         """The bundle's entropy segmenter settings with its aggregator and decoder
         (beam width ``beam``)."""
-        seg = bundle.segmenter
-        compression = Compression(
-            mode="entropy",
-            max_len=seg.max_len,
-            global_threshold=seg.global_threshold,
-            relative_threshold=seg.relative_threshold,
-            min_len=seg.min_len,
-            token_rate_hz=bundle.tokens.rate_hz,
-            target_hz=seg.target_hz,
-        )
         return cls(
-            compression,
+            bundle_compression(bundle),
             AggregatorStage(bundle.open("aggregator", options=options)),
             server_decoder(bundle, options, beam=beam),
         )
