@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from quantize import float_onnx_nodes
+from quantize import float_onnx_nodes, single_file
 
 OP_TYPES = ["Conv", "MatMul", "Gemm"]
 
@@ -56,7 +56,9 @@ class OnnxRuntimeQuantizer:
         out = work_dir / f"{role}.{self.backend}.int8.onnx"
         # Symbolic shape inference fails on the exporter's symbolic dims (T//2); ONNX's own
         # shape inference and ORT's optimizer still run.
-        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(
+            str(single_file(model, work_dir)), str(prepared), skip_symbolic_shape=True
+        )
         quantize_static(
             str(prepared),
             str(out),
