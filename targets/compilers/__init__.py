@@ -5,7 +5,8 @@ the role's model, compiled from the bundle's FP32 ONNX, into ``out_dir`` and ret
 ``Artifact`` (file name, precision). With ``int8`` it quantizes through
 ``quantize.get_quantizer(backend)`` on the role's calibration feeds. ``check()`` imports
 the backend's toolchain first, so a missing one is one ``ToolchainError`` before any
-work. Compilers are imported lazily.
+work; ``unsupported(bundle)`` names what a compiler cannot build (None: it can). Compilers
+subclass the ``Compiler`` protocol for its defaults and are imported lazily.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Compiler(Protocol):
     def check(self) -> None:
         """Raise ``ToolchainError`` when this backend cannot be built here."""
         ...
+
+    def unsupported(self, bundle: Bundle) -> str | None:
+        """Why this backend cannot compile ``bundle``'s models; None when it can."""
+        return None
 
     def compile(
         self,

@@ -11,16 +11,30 @@ from pathlib import Path
 import numpy as np
 
 from edgetok.bundle import Bundle
-from targets.compilers import Artifact, require
+from targets.compilers import Artifact, Compiler, require
 
 INSTALL = "install the build extra: pip install 'edgetok[build]' (torch, litert-torch)"
 
 
-class LiteRtCompiler:
+class LiteRtCompiler(Compiler):
     backend = "litert"
 
     def check(self) -> None:
         require("torch", "litert_torch", "ai_edge_litert", install=INSTALL)
+
+    def unsupported(self, bundle: Bundle) -> str | None:
+        """v2 models: ``from_onnx`` rebuilds v1's architectures only, and ``windows``
+        pads v1's I/O (a tokenizer without ``frames``, an aggregator over ``tokens``)."""
+        tokenizer = bundle.models.get("tokenizer")
+        if tokenizer is None or not any(s.name == "frames" for s in tokenizer.outputs):
+            return None
+        return (
+            "LiteRT rebuilds each ONNX model as a torch module of a known architecture "
+            "(edgetok/train/from_onnx.py) and pads v1's inputs to fixed windows "
+            "(edgetok/windows.py); v2's Whisper-encoder tokenizer (output frames) and "
+            "frame-reading aggregator are neither yet. Build this bundle for x86-cpu or "
+            "rpi with ONNX Runtime (--backend onnxruntime)"
+        )
 
     def compile(
         self,

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from edgetok.bundle import Bundle
-from targets.compilers import Artifact, require
+from targets.compilers import Artifact, Compiler, require
 
 INSTALL = "install the build extra: pip install 'edgetok[build]' (openvino, nncf)"
 
 
-class OpenVinoCompiler:
+class OpenVinoCompiler(Compiler):
     backend = "openvino"
 
     def check(self) -> None:

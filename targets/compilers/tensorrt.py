@@ -2,8 +2,9 @@
 will run it (engines are specific to the GPU and TensorRT version), FP32 or, with
 ``int8``, from the symmetric QDQ ONNX of ``quantize.tensorrt`` (explicit quantization).
 One optimization profile covers each dynamic axis up to the largest fixed window
-(``edgetok.windows``); the timing cache (``timing.cache`` in the work directory) makes
-rebuilds fast."""
+(``edgetok.windows``; ``profile_shapes``, by the manifest's dimension names, so a v2
+aggregator's ``frames`` [N, L, 384] is covered like v1's ``tokens``); the timing cache
+(``timing.cache`` in the work directory) makes rebuilds fast."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetok.bundle import Bundle
-from targets.compilers import Artifact, ToolchainError, require
+from edgetok.bundle import Bundle, ModelEntry
+from targets.compilers import Artifact, Compiler, ToolchainError, require
 
 INSTALL = (
     "TensorRT comes with JetPack on a Jetson (python3-libnvinfer) and cannot be installed "
@@ -22,7 +23,7 @@ INSTALL = (
 WORKSPACE_BYTES = 1 << 30
 
 
-class TensorRtCompiler:
+class TensorRtCompiler(Compiler):
     backend = "tensorrt"
 
     def check(self) -> None:
@@ -50,15 +51,16 @@ class TensorRtCompiler:
         calib: Sequence[dict[str, np.ndarray]] | None,
         work_dir: Path,
     ) -> Artifact:
-        source = bundle.path_of(role)
         import tensorrt as trt
 
-        if int8:
-            from quantize import get_quantizer
+        from quantize import get_quantizer, single_file
 
+        source = bundle.path_of(role)
+        if int8:
             source = get_quantizer(self.backend).quantize(
                 source, role, calib or [], work_dir=work_dir
             )
+        source = single_file(source, work_dir)  # the parser reads bytes, not a directory
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(0)
@@ -71,7 +73,7 @@ class TensorRtCompiler:
         cache_path = work_dir / "timing.cache"
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
-        config.add_optimization_profile(_profile(builder, network, role))
+        config.add_optimization_profile(_profile(builder, bundle, role))
         engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise ValueError(f"{source}: TensorRT could not build an engine for {role}")
@@ -83,34 +85,36 @@ class TensorRtCompiler:
 
 #: The decoder's key/value-cache inputs: [layers, B, heads, P, head_dim], P from 0.
 _CACHE_INPUTS = ("past_keys", "past_values")
+Shapes = tuple[list[int], list[int], list[int]]
 
 
-def _profile(builder: object, network: object, role: str) -> object:
-    """min/opt/max shapes: each windowed axis from 1 to its largest window, batch 1. A
-    decoder with a key/value cache: cache length P from 0 to the largest prefix + text
-    window, prefix length S from 0 (each character's step has no prefix)."""
+def profile_shapes(entry: ModelEntry, role: str, max_len: int) -> dict[str, Shapes]:
+    """(min, opt, max) shape of each input, by the manifest's dimension names: each
+    windowed axis (``edgetok.windows``: T, N, S, U) from 1 to its largest window, the
+    segment width L at ``max_len`` (segments are padded to it), the batch 1. A decoder
+    with a key/value cache: cache length P from 0 to the largest prefix + text window,
+    prefix length S from 0 (each character's step has no prefix)."""
     from edgetok.windows import SCHEMES
 
-    scheme = SCHEMES[role]
+    sizes = SCHEMES[role].sizes
+    cached = any(spec.name in _CACHE_INPUTS for spec in entry.inputs)
+    ranges = {
+        axis: (0 if cached and axis == "S" else 1, windows[0], windows[-1])
+        for axis, windows in sizes.items()
+    }
+    ranges["P"] = (0, 64, sum(max(windows) for windows in sizes.values()))
+    ranges["L"] = (max_len,) * 3
+    shapes = {}
+    for spec in entry.inputs:
+        dims = [
+            (d,) * 3 if isinstance(d, int) else ranges.get(str(d), (1,) * 3) for d in spec.shape
+        ]
+        shapes[spec.name] = ([d[0] for d in dims], [d[1] for d in dims], [d[2] for d in dims])
+    return shapes
+
+
+def _profile(builder: object, bundle: Bundle, role: str) -> object:
     profile = builder.create_optimization_profile()
-    past = sum(max(sizes) for sizes in scheme.sizes.values())
-    names = [network.get_input(i).name for i in range(network.num_inputs)]
-    cached = any(name in _CACHE_INPUTS for name in names)
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        axes = scheme.inputs.get(tensor.name, {})
-        shapes = []
-        for size in ("min", "opt", "max"):
-            shape = []
-            for dim, length in enumerate(tensor.shape):
-                if tensor.name in _CACHE_INPUTS and dim == 3:
-                    shape.append({"min": 0, "opt": 64, "max": past}[size])
-                elif dim in axes:
-                    sizes = scheme.sizes[axes[dim]]
-                    low = 0 if cached and axes[dim] == "S" else 1
-                    shape.append({"min": low, "opt": sizes[0], "max": sizes[-1]}[size])
-                else:
-                    shape.append(length if length >= 0 else 1)
-            shapes.append(shape)
-        profile.set_shape(tensor.name, *shapes)
+    for name, shapes in profile_shapes(bundle.models[role], role, bundle.segmenter.max_len).items():
+        profile.set_shape(name, *shapes)
     return profile
