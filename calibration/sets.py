@@ -1,12 +1,15 @@
 """Calibration sets: the inputs each model sees, made from audio by the FP32 pipeline.
 
-Per utterance: the log-mel of the whole utterance for the tokenizer, its FP32 tokens for
-the entropy LM, the segments (padded to ``max_len`` with their mask) that the FP32
-entropy cuts give for the aggregator, and the FP32 segment vectors as the prefix with
-BOS + the FP32 greedy transcript as the text for the decoder (and an empty key/value
-cache when the decoder takes one: the full sequence in one run): what each model is fed at
-run time. A set is cached as one ``.npz`` keyed by the bundle's hashes, the chosen
-files and the format version, so rebuilding a target reuses it.
+Per utterance, for each of the bundle's device models (``edgetok.stages.device_roles``):
+the log-mel of the whole utterance for the tokenizer, its FP32 tokens for the entropy
+LM, the segments that the FP32 entropy cuts give for the aggregator (padded to
+``max_len`` with their mask: v1's tokens, or v2's encoder frames from the FP32
+tokenizer), and for a v1 bundle's character decoder the FP32 segment vectors as the
+prefix with BOS + the FP32 greedy transcript as the text (and an empty key/value cache
+when the decoder takes one: the full sequence in one run): what each model is fed at
+run time. A v2 bundle's server decoder is not built, so it gets no feeds. A set is
+cached as one ``.npz`` keyed by the bundle's hashes, the chosen files and the format
+version, so rebuilding a target reuses it.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Final
 import numpy as np
 
 from calibration.sources import Utterance
-from edgetok.bundle import V1_ROLES, Bundle
+from edgetok.bundle import Bundle
 
 __all__ = ["CalibrationSet", "Feeds", "make_calibration"]
 
 #: Bump when the inputs made from an utterance change.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 Feeds = dict[str, np.ndarray]
 
 
@@ -88,31 +91,43 @@ def _compute(bundle: Bundle, utterances: Sequence[Utterance]) -> CalibrationSet:
 
     from edgetok.audio import load_audio
     from edgetok.frontend import log_mel
-    from edgetok.segment import segments_to_padded
-    from edgetok.stages import DecoderPack, EntropyStage, TokenizerStage, frontend_config
+    from edgetok.stages import (
+        AggregatorStage,
+        DecoderStage,
+        EntropyStage,
+        TokenizerStage,
+        bundle_compression,
+        device_roles,
+        frontend_config,
+    )
     from edgetok.vocab import BOS, encode_text
 
+    roles = device_roles(bundle)
     tokenizer = TokenizerStage.from_bundle(bundle)
     entropy = EntropyStage(bundle.open("entropy_lm"))
-    pack = DecoderPack.from_bundle(bundle, beam=1)  # the greedy transcript
+    aggregator = AggregatorStage(bundle.open("aggregator"))
+    compression = bundle_compression(bundle)
+    max_len = compression.max_len
+    # v1's character decoder: fed the greedy transcript.
+    decoder = DecoderStage.from_bundle(bundle, beam=1) if "decoder" in roles else None
     frontend = frontend_config(bundle)
-    feeds: dict[str, list[Feeds]] = {role: [] for role in V1_ROLES}
+    feeds: dict[str, list[Feeds]] = {role: [] for role in roles}
     for utt in tqdm(utterances, desc="calibration", unit="utt", leave=False):
         audio = load_audio(utt.path, bundle.audio.sample_rate)
         mel = log_mel(audio, frontend)
         if mel.shape[0] == 0:
             continue
-        tokens = tokenizer(audio)
-        h = entropy(tokens)
-        starts = pack.compression.starts(tokens, h)
-        padded, mask = segments_to_padded(tokens, starts, pack.compression.max_len)
-        vectors = pack.aggregator(tokens, starts, pack.compression.max_len)
-        text = [BOS, *encode_text(pack.decoder(vectors))]
+        tokens, frames = tokenizer.encode_mel(mel)
+        starts = compression.starts(tokens, entropy(tokens))
         feeds["tokenizer"].append({"mel": mel[None]})
         feeds["entropy_lm"].append({"tokens": tokens[None]})
-        feeds["aggregator"].append({"tokens": padded, "mask": mask})
-        # The decoder's own inputs: with its empty key/value cache when it takes one.
-        feeds["decoder"].append(pack.decoder.feeds(vectors[None], np.array([text], np.int64)))
+        source = aggregator.source(tokens, frames)
+        feeds["aggregator"].append(aggregator.feeds(source, starts, max_len))
+        if decoder is not None:
+            vectors = aggregator(source, starts, max_len)
+            text = [BOS, *encode_text(decoder(vectors))]
+            # The decoder's own inputs: with its empty key/value cache when it takes one.
+            feeds["decoder"].append(decoder.feeds(vectors[None], np.array([text], np.int64)))
     return CalibrationSet(feeds, tuple(str(u.path) for u in utterances))
 
 

@@ -1,14 +1,18 @@
 """``build``: a bundle compiled for one target, with its parity report.
 
 Steps: the target's profile names the backend and default precision; that backend's
-compiler checks its toolchain (a ``ToolchainError`` before any work); with INT8, a
-calibration set is made from audio (cached under ``<out>/../.cache``); each model is
-compiled (with INT8, ``quantize.INT8_ROLES`` quantized, the others FP32); the codebook
-and sample are copied; ``bundle.toml`` is written with the
-target, each model's backend and precision and hash; then the built bundle is compared
-with the FP32 source on held-out audio (``targets.parity``), the tokenizer timed against
-the FP32 ONNX on the same backend (``targets.latency``), and the report stored as
-``parity.json`` and as a summary in ``bundle.toml``'s ``[eval.parity]``.
+compiler checks its toolchain and that it can compile this bundle's models (a
+``ToolchainError`` or ``BuildError`` before any work); with INT8, a calibration set is
+made from audio (cached under ``<out>/../.cache``); each device model
+(``edgetok.stages.device_roles``: tokenizer, entropy LM, aggregator, and a v1 bundle's
+character decoder) is compiled (with INT8, ``quantize.int8_roles`` quantized, the others
+FP32); a v2 bundle's server decoder graphs (``SERVER_ROLES``) are carried over unchanged
+with their external data; the codebook, vocabulary and sample are copied;
+``bundle.toml`` is written with the target, each model's backend and precision and
+hash; then the built bundle is compared with the FP32 source on held-out audio
+(``targets.parity``), the tokenizer timed against the FP32 ONNX on the same backend
+(``targets.latency``), and the report stored as ``parity.json`` and as a summary in
+``bundle.toml``'s ``[eval.parity]``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from calibration import CalibrationSet, Utterance, heldout_source, make_calibrat
 from calibration import read_source as read_audio_source
 from edgetok.bundle import (
     MANIFEST_NAME,
-    V1_ROLES,
     Bundle,
+    ModelEntry,
     load_bundle,
     sha256_file,
     write_bundle,
 )
 from edgetok.runtime import SessionOptions
-from quantize import INT8_ROLES
+from edgetok.stages import SERVER_ROLES, device_roles
+from quantize import int8_roles
 from targets import load_profile
 from targets.compilers import ToolchainError, get_compiler
 
@@ -120,20 +125,52 @@ def _prepare(out_dir: Path) -> None:
     (out_dir / BUILD_MARKER).write_text("made by edgetok build\n", encoding="utf-8")
 
 
+def _check_roles(source: Bundle) -> None:
+    """A build needs the device pipeline and a server decoder (v1's character decoder or
+    v2's two Whisper graphs)."""
+    missing = [r for r in ("tokenizer", "entropy_lm", "aggregator") if r not in source.models]
+    if "decoder" not in source.models:
+        missing += [r for r in SERVER_ROLES if r not in source.models]
+    if missing:
+        raise BuildError(f"{source.manifest_path}: a build needs every model; missing {missing}")
+
+
+def _carry(source: Bundle, role: str, out_dir: Path) -> None:
+    """Copy a server model unchanged, with its external data where the source has it (an
+    absent one with an ``external_source`` is rebuilt when the built bundle opens it)."""
+    entry = source.models[role]
+    shutil.copy(source.path_of(role), out_dir / entry.file)
+    if entry.external_file is not None:
+        external = source.manifest_path.parent / entry.external_file
+        if external.is_file():
+            shutil.copy(external, out_dir / entry.external_file)
+        elif entry.external_source is None:
+            raise BuildError(f"{source.manifest_path} [models.{role}]: {external} not found")
+
+
 def _manifest(source: Bundle, target: str, artifacts: dict, backend: str, out_dir: Path) -> Bundle:
-    models = {
-        role: replace(
-            source.models[role],
-            file=artifact.file,
-            backend=backend,
-            precision=artifact.precision,
-            sha256=sha256_file(out_dir / artifact.file),
-            source_sha256=source.models[role].source_sha256 or source.models[role].sha256,
-            inputs=artifact.inputs or source.models[role].inputs,
-            outputs=artifact.outputs or source.models[role].outputs,
+    """The built bundle's manifest: compiled ``artifacts`` (self-contained files, so no
+    external data), the server models as they are in ``source``."""
+    models: dict[str, ModelEntry] = {}
+    for role, entry in source.models.items():
+        artifact = artifacts.get(role)
+        models[role] = (
+            entry
+            if artifact is None
+            else replace(
+                entry,
+                file=artifact.file,
+                backend=backend,
+                precision=artifact.precision,
+                sha256=sha256_file(out_dir / artifact.file),
+                source_sha256=entry.source_sha256 or entry.sha256,
+                inputs=artifact.inputs or entry.inputs,
+                outputs=artifact.outputs or entry.outputs,
+                external_file=None,
+                external_sha256=None,
+                external_source=None,
+            )
         )
-        for role, artifact in artifacts.items()
-    }
     meta = replace(
         source.meta,
         target=target,
@@ -176,7 +213,8 @@ def build(
     on (default: the bundle's training corpus in the edgetok cache); ``heldout``: the
     audio of the parity report (default: the ``test.jsonl`` that goes with ``calib``).
     Raises ``ToolchainError`` when the backend cannot be built here, ``BuildError`` for
-    missing audio or an unusable output directory, ``BundleError`` for a bad bundle.
+    models the backend cannot compile, missing audio or an unusable output directory,
+    ``BundleError`` for a bad bundle.
     """
     profile = load_profile(target)
     int8 = profile.precision == "int8" if int8 is None else int8
@@ -187,6 +225,12 @@ def build(
             f"not {backend}"
         )
     compiler = get_compiler(backend)
+    source = load_bundle(bundle_path)
+    _check_roles(source)
+    # What the backend cannot build at all comes before what is missing here.
+    unsupported = compiler.unsupported(source)
+    if unsupported is not None:
+        raise BuildError(f"{backend} cannot build {source.meta.name!r}: {unsupported}")
     try:
         compiler.check()
     except ToolchainError as exc:
@@ -197,10 +241,6 @@ def build(
             f"{exc}; or build {target} for {' or '.join(others)} here: "
             f"edgetok build --target {target} --backend {others[0]}"
         ) from None
-    source = load_bundle(bundle_path)
-    missing = [role for role in V1_ROLES if role not in source.models]
-    if missing:
-        raise BuildError(f"{source.manifest_path}: a build needs every model; missing {missing}")
     out_dir = Path(out_dir)
     chosen, held = _audio(
         source, Path(calib) if calib else None, Path(heldout) if heldout else None, int8=int8
@@ -213,10 +253,11 @@ def build(
         progress(f"calibration: {len(chosen)} utterances through the FP32 models")
         calibration = make_calibration(source, chosen, out_dir.parent / ".cache" / "calibration")
     artifacts = {}
-    for i, role in enumerate(V1_ROLES, 1):
+    roles, quantizable = device_roles(source), int8_roles(source)
+    for i, role in enumerate(roles, 1):
         started = time.perf_counter()
-        quantized = calibration is not None and role in INT8_ROLES
-        progress(f"[{i}/{len(V1_ROLES)}] {role}: {backend} {'int8' if quantized else 'fp32'}")
+        quantized = calibration is not None and role in quantizable
+        progress(f"[{i}/{len(roles)}] {role}: {backend} {'int8' if quantized else 'fp32'}")
         artifacts[role] = compiler.compile(
             source,
             role,
@@ -226,7 +267,13 @@ def build(
             work_dir=work_dir,
         )
         progress(f"      -> {artifacts[role].file} ({time.perf_counter() - started:.1f} s)")
+    for role in SERVER_ROLES:
+        if role in source.models:
+            progress(f"      {role}: carried over (server side)")
+            _carry(source, role, out_dir)
     shutil.copy(source.codebook_path, out_dir / source.tokens.codebook_file)
+    if source.text is not None:
+        shutil.copy(source.vocabulary_path, out_dir / source.text.vocabulary_file)
     for name in _COPIED:
         if (source.manifest_path.parent / name).is_file():
             shutil.copy(source.manifest_path.parent / name, out_dir / name)

@@ -3,14 +3,18 @@
 Each model is measured on the FP32 pipeline's own inputs, so its number is its own
 error: the tokenizer's token agreement (same audio), the entropy LM's mean absolute
 entropy error and the segment-boundary F1 its entropies give (FP32 tokens), the
-aggregator's relative vector error (FP32 segments) and the decoder's teacher-forced
-next-character agreement (FP32 vectors and transcript). The built device pipeline
+aggregator's relative vector error (FP32 segments of the FP32 tokens, or of a v2
+tokenizer's FP32 encoder frames) and a v1 character decoder's teacher-forced
+next-character agreement (FP32 vectors and transcript; not applicable to v2, whose
+server decoder is carried over, not built: reported as None). The built device pipeline
 (tokenizer, entropy LM, aggregator) is then run end to end and decoded as the server
-decodes it, with the source bundle's FP32 decoder and edgetok's default beam
+decodes it, with the source bundle's FP32 server decoder (``server_decoder``: v1's
+character decoder or v2's Whisper graphs) and edgetok's default beam
 (``PARITY_BEAM``): token agreement, boundary F1 and the WER/CER change against the FP32
-pipeline, where the audio has reference transcripts. (The built decoder, for
-``--local`` decoding, is the next-character agreement above; a fixed-window LiteRT
-decoder would rerun its whole window for every character of every hypothesis.)
+pipeline, where the audio has reference transcripts (both transcripts normalised as
+``edgetok eval`` scores them). (A built v1 decoder, for ``--local`` decoding, is the
+next-character agreement above; a fixed-window LiteRT decoder would rerun its whole
+window for every character of every hypothesis.)
 
 What the FP32 pipeline makes of an utterance is cached (``cache_dir``, one ``.npz`` per
 utterance keyed by the source bundle's hashes and the audio file), so building several
@@ -24,7 +28,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -32,6 +36,9 @@ from calibration.sources import Utterance
 from edgetok.beam import DEFAULT_BEAM
 from edgetok.bundle import Bundle
 from edgetok.runtime import SessionOptions
+
+if TYPE_CHECKING:
+    from edgetok.stages import DecoderStage, SegmentDecoder, Transcriber
 
 __all__ = ["THRESHOLDS", "Counts", "checks", "measure"]
 
@@ -74,6 +81,8 @@ class Counts:
     vector_sq_norm: float = 0.0
     chars_same: int = 0
     chars: int = 0
+    teacher_forced: bool = True
+    """Whether a built character decoder was measured (v1); False for v2."""
     e2e_tokens_same: int = 0
     e2e_boundaries: _F1 = field(default_factory=_F1)
     errors: dict[str, list[int]] = field(
@@ -102,7 +111,11 @@ class Counts:
                 "aggregator": {
                     "vector_rel_error": ratio(self.vector_sq_error, self.vector_sq_norm) ** 0.5
                 },
-                "decoder": {"next_char_agreement": ratio(self.chars_same, self.chars)},
+                "decoder": {
+                    "next_char_agreement": (
+                        ratio(self.chars_same, self.chars) if self.teacher_forced else None
+                    )
+                },
             },
             "pipeline": {
                 "token_agreement": ratio(self.e2e_tokens_same, self.tokens),
@@ -117,18 +130,21 @@ class Counts:
 
 
 #: Bump when what is cached of the FP32 pipeline changes.
-_REFERENCE_VERSION: Final = 1
+_REFERENCE_VERSION: Final = 2
+_ARRAYS: Final = ("tokens", "entropy", "starts", "vectors", "frames", "next_chars")
 
 
 @dataclass(frozen=True)
 class _Reference:
-    """What the FP32 pipeline made of one utterance, and its decoder's teacher-forced
-    next characters ([1, U]; empty without segments)."""
+    """What the FP32 pipeline made of one utterance: a v2 tokenizer's encoder frames
+    ([T, D]; [0, 0] from v1) and a v1 decoder's teacher-forced next characters ([1, U];
+    empty without segments or without a character decoder)."""
 
     tokens: np.ndarray
     entropy: np.ndarray
     starts: np.ndarray
     vectors: np.ndarray
+    frames: np.ndarray
     text: str
     duration_s: float
     next_chars: np.ndarray
@@ -156,22 +172,43 @@ class _Reference:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         return cls(
-            **{name: arrays[name] for name in ("tokens", "entropy", "starts", "vectors")},
+            **{name: arrays[name] for name in _ARRAYS},
             text=str(arrays["text"]),
             duration_s=float(arrays["duration_s"]),
-            next_chars=arrays["next_chars"],
         )
 
 
-def _teacher_forced(transcriber: Any, vectors: np.ndarray, text: str) -> np.ndarray:
-    """The decoder's argmax next character at every position of BOS + ``text``."""
+def _teacher_forced(decoder: DecoderStage | None, vectors: np.ndarray, text: str) -> np.ndarray:
+    """The character decoder's argmax next character at every position of BOS + ``text``
+    ([1, 0] without segments or without a character decoder)."""
     from edgetok.vocab import BOS, encode_text
 
-    if not len(vectors):
+    if decoder is None or not len(vectors):
         return np.zeros((1, 0), np.int64)
     prefix = np.ascontiguousarray(vectors[None], dtype=np.float32)
     chars = np.array([[BOS, *encode_text(text)]], np.int64)
-    return transcriber.pack.decoder.logits(prefix, chars).argmax(-1)
+    return decoder.logits(prefix, chars).argmax(-1)
+
+
+def _device(bundle: Bundle, decoder: SegmentDecoder, options: SessionOptions | None) -> Transcriber:
+    """``bundle``'s device models with ``decoder`` as the server's."""
+    from edgetok.stages import AggregatorStage, DecoderPack, Transcriber, bundle_compression
+
+    aggregator = AggregatorStage(bundle.open("aggregator", options=options))
+    pack = DecoderPack(bundle_compression(bundle), aggregator, decoder)
+    return Transcriber(bundle, options=options, pack=pack)
+
+
+def _fp32_reference(
+    ref: Transcriber, decoder: DecoderStage | None, audio: np.ndarray
+) -> _Reference:
+    encoded = ref.encode(audio)
+    t = ref.decode(encoded)
+    frames = np.zeros((0, 0), np.float32) if encoded.frames is None else encoded.frames
+    next_chars = _teacher_forced(decoder, t.vectors, t.text)
+    return _Reference(
+        t.tokens, t.entropy, t.starts, t.vectors, frames, t.text, t.duration_s, next_chars
+    )
 
 
 def measure(
@@ -187,55 +224,48 @@ def measure(
     pipeline's results are read from (and written to) ``cache_dir`` when given."""
     from edgetok.audio import load_audio
     from edgetok.evaluate import error_counts, normalize
-    from edgetok.stages import DecoderPack, DecoderStage, Encoded, Transcriber
+    from edgetok.stages import DecoderStage, Encoded, server_decoder
 
+    # Both pipelines' segments are decoded as the server decodes them: the source's.
+    served = server_decoder(reference, options, beam=PARITY_BEAM)
     ref: Transcriber | None = None
-    new = Transcriber(built, options=options)  # its decoder: teacher-forced only
-    max_len = new.pack.compression.max_len
+    new = _device(built, served, options)
+    # v1's character decoders, teacher-forced: the source's (the served one) and the
+    # built one (``--local`` decoding).
+    teacher = served if isinstance(served, DecoderStage) else None
+    built_decoder = DecoderStage.from_bundle(built, options) if teacher is not None else None
     compression = new.pack.compression
-    # The built device models' segments, decoded as the server decodes them.
-    served = DecoderPack(
-        compression,
-        new.pack.aggregator,
-        DecoderStage.from_bundle(reference, options, beam=PARITY_BEAM),
-    )
-    counts = Counts()
+    max_len = compression.max_len
+    counts = Counts(teacher_forced=built_decoder is not None)
     for i, utt in enumerate(utterances):
         audio = load_audio(utt.path, reference.audio.sample_rate)
         cached = cache_dir / f"ref-{_Reference.key(reference, utt)}.npz" if cache_dir else None
         if cached is not None and cached.is_file():
             r = _Reference.load(cached)
         else:
-            ref = ref or Transcriber(reference, options=options, beam=PARITY_BEAM)
-            t = ref(audio)
-            r = _Reference(
-                t.tokens,
-                t.entropy,
-                t.starts,
-                t.vectors,
-                t.text,
-                t.duration_s,
-                _teacher_forced(ref, t.vectors, t.text),
-            )
+            ref = ref or _device(reference, served, options)
+            r = _fp32_reference(ref, teacher, audio)
             if cached is not None:
                 r.save(cached)
         counts.utterances += 1
         counts.audio_s += r.duration_s
         counts.tokens += len(r.tokens)
-        tokens = new.tokenizer(audio)
+        tokens, frames = new.tokenizer.encode(audio)
         counts.tokens_same += int(np.sum(tokens == r.tokens))
         entropy = new.entropy(r.tokens)
         counts.entropy_abs += float(np.abs(entropy - r.entropy).sum())
         counts.lm_boundaries.add(r.starts, compression.starts(r.tokens, entropy))
-        vectors = new.pack.aggregator(r.tokens, r.starts, max_len)
+        aggregator = new.pack.aggregator
+        source = aggregator.source(r.tokens, r.frames if aggregator.reads_frames else None)
+        vectors = aggregator(source, r.starts, max_len)
         counts.vector_sq_error += float(np.sum((vectors - r.vectors) ** 2))
         counts.vector_sq_norm += float(np.sum(r.vectors**2))
-        if len(r.starts):
-            got = _teacher_forced(new, r.vectors, r.text)
+        if built_decoder is not None and len(r.starts):
+            got = _teacher_forced(built_decoder, r.vectors, r.text)
             counts.chars_same += int(np.sum(r.next_chars == got))
             counts.chars += r.next_chars.size
-        # The built device pipeline end to end, from the tokens its tokenizer gave above.
-        e2e = new.decode(Encoded(tokens, new.entropy(tokens), r.duration_s, {}), served)
+        # The built device pipeline end to end, from what its tokenizer gave above.
+        e2e = new.decode(Encoded(tokens, new.entropy(tokens), r.duration_s, {}, frames))
         counts.e2e_tokens_same += int(np.sum(e2e.tokens == r.tokens))
         counts.e2e_boundaries.add(r.starts, e2e.starts)
         if utt.text is not None:
@@ -245,7 +275,9 @@ def measure(
                 counts.errors[key] = [
                     a + b
                     for a, b in zip(
-                        counts.errors[key], error_counts(reference_text, text), strict=True
+                        counts.errors[key],
+                        error_counts(reference_text, normalize(text)),
+                        strict=True,
                     )
                 ]
         if progress is not None:

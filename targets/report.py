@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+def _num(value: float | None, fmt: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, fmt)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -17,12 +17,14 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if "models" in report:
         m, p = report["models"], report["pipeline"]
+        next_char = m["decoder"]["next_char_agreement"]
         rows = [
             ("tokenizer", "token agreement", f"{m['tokenizer']['token_agreement']:.2%}"),
             ("entropy_lm", "entropy MAE (nats)", f"{m['entropy_lm']['entropy_mae']:.4f}"),
             ("entropy_lm", "boundary F1", f"{m['entropy_lm']['boundary_f1']:.4f}"),
             ("aggregator", "vector rel. error", f"{m['aggregator']['vector_rel_error']:.4f}"),
-            ("decoder", "next-char agreement", f"{m['decoder']['next_char_agreement']:.2%}"),
+            # None: no character decoder was built (v2: the server decoder is carried over).
+            ("decoder", "next-char agreement", _num(next_char, ".2%", "n/a")),
             ("pipeline", "token agreement", f"{p['token_agreement']:.2%}"),
             ("pipeline", "boundary F1", f"{p['boundary_f1']:.4f}"),
             ("pipeline", "WER FP32", _num(p["wer_fp32"], ".2%")),

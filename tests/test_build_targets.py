@@ -206,7 +206,7 @@ def test_fp32_reference_is_cached(
     def no_fp32_run(self: Transcriber, audio: np.ndarray) -> None:
         raise AssertionError("the FP32 pipeline ran again")
 
-    monkeypatch.setattr(Transcriber, "__call__", no_fp32_run)
+    monkeypatch.setattr(Transcriber, "encode", no_fp32_run)
     assert measure(bundle, bundle, held, cache_dir=tmp_path) == first
 
 
