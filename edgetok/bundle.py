@@ -15,11 +15,12 @@ and an unknown key is an error that names it and its table::
     [models.<role>]     one per role in MODEL_ROLES (at least one):
                         file, backend, precision, sha256, inputs, outputs; inputs and
                         outputs are lists of {name, dtype, shape}, a dynamic dimension a
-                        name ("T") or "?"; optional external_file, external_sha256,
-                        external_source: ONNX external data rebuilt from a pinned
-                        pretrained wheel ("tiny.en:decoder/embeddings/weight") when the
-                        model is opened, never committed; optional source_sha256: the
-                        FP32 model a built one was compiled from
+                        name ("T") or "?"; optional external_file, external_sha256:
+                        the model's ONNX external data, shipped beside it, or with
+                        external_source rebuilt from a pinned pretrained wheel
+                        ("tiny.en:decoder/embeddings/weight") when the model is opened,
+                        never committed; optional source_sha256: the FP32 model a built
+                        one was compiled from
     [training] [eval]   free-form: nested tables of strings, numbers, booleans and
                         lists of those
 
@@ -331,6 +332,9 @@ def _spec_to_dict(spec: TensorSpec) -> dict[str, Any]:
     }
 
 
+_EXTERNAL_KEYS: Final = ("external_file", "external_sha256", "external_source")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelEntry(_Section):
     """``[models.<role>]``: one model artifact and its declared I/O."""
@@ -351,10 +355,11 @@ class ModelEntry(_Section):
     source_sha256: str | None = None
     """The FP32 model this one was compiled from (``edgetok build``); None for a source."""
     external_file: str | None = None
-    """ONNX external data of the model that is not shipped: rebuilt on ``Bundle.open``."""
+    """The model's ONNX external data (weights kept out of its file)."""
     external_sha256: str | None = None
     external_source: str | None = None
-    """``<pretrained model>:<variable>`` (``edgetok.pretrained.pretrained_bytes``)."""
+    """``<pretrained model>:<variable>`` (``edgetok.pretrained.pretrained_bytes``): the
+    external data is not shipped but rebuilt from it on ``Bundle.open``; None: shipped."""
 
     @classmethod
     def fp32_onnx(cls, path: Path) -> ModelEntry:
@@ -389,16 +394,21 @@ class ModelEntry(_Section):
         self._sha256(section, "sha256")
         if self.source_sha256 is not None:
             self._sha256(section, "source_sha256")
-        external = (self.external_file, self.external_sha256, self.external_source)
-        if any(value is not None for value in external):
-            self._require(
-                all(value is not None for value in external),
-                section,
-                "external_file",
-                "needs external_sha256 and external_source too",
-            )
+        has = {key: getattr(self, key) is not None for key in _EXTERNAL_KEYS}
+        for key, needs in (
+            ("external_file", "external_sha256"),
+            ("external_sha256", "external_file"),
+            ("external_source", "external_file"),
+        ):
+            self._require(not has[key] or has[needs], section, key, f"needs {needs} too")
+        if has["external_file"]:
             self._relative_file(section, "external_file")
             self._sha256(section, "external_sha256")
+
+    @property
+    def ships_external(self) -> bool:
+        """Whether the model's external data is a file of the bundle (not rebuilt)."""
+        return self.external_file is not None and self.external_source is None
 
 
 def _free_form(value: Any, section: str, keys: tuple[str, ...] = ()) -> Any:
@@ -537,7 +547,7 @@ class Bundle:
         dimensions), else ``BundleError``.
         """
         entry = self._entry(role)
-        if entry.external_file is not None:
+        if entry.external_source is not None:
             self._ensure_external(role, entry)
         options = options or SessionOptions()
         if options.precision is None:
@@ -642,6 +652,17 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     files = [
         (f"models.{role}", "file", "sha256", entry.file, entry.sha256)
         for role, entry in bundle.models.items()
+    ]
+    files += [
+        (
+            f"models.{role}",
+            "external_file",
+            "external_sha256",
+            entry.external_file,
+            entry.external_sha256,
+        )
+        for role, entry in bundle.models.items()
+        if entry.ships_external
     ]
     tokens = bundle.tokens
     files.append(

