@@ -58,3 +58,25 @@ def test_demo_runs_without_torch(tiny_bundle: Path, speech_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "transcript:" in result.stdout
+
+
+def test_default_bundle_demo_without_torch() -> None:
+    """The README's main job on the shipped default bundle, on a device install's imports:
+    its sample ("an exchange where grains are bought and sold", a held-out TTS voice)
+    comes back as text that has most of those words."""
+    from edgetok.bundle import BundleError, default_bundle_path
+
+    try:
+        default_bundle_path()
+    except BundleError as exc:
+        pytest.skip(str(exc))
+    result = _run(
+        "from edgetok.cli import main\nmain(['demo', '--fast', '--json'], standalone_mode=False)\n"
+        "assert sys.modules.get('torch') is None, 'torch was imported'\n"
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    text = json.loads(result.stdout.strip().splitlines()[-1])["transcript"]
+    words = set("an exchange where grains are bought and sold".split())
+    assert len(words & set(text.split())) >= 5, text

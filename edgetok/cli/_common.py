@@ -70,7 +70,7 @@ def beam_option(f: F) -> F:
         type=click.IntRange(min=1),
         default=DEFAULT_BEAM,
         show_default=True,
-        help="Beam width of the character decoder, where this command decodes (1: greedy "
+        help="Beam width of the server decoder, where this command decodes (1: greedy "
         "decoding, the fastest).",
     )(f)
 

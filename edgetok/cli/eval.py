@@ -41,6 +41,24 @@ def _baselines(values: tuple[str, ...], taken: tuple[str, ...]) -> dict[str, Pat
     return out
 
 
+def _default_baselines(v2: bool) -> dict[str, Path]:
+    """The baseline packs ``edgetok train export-baselines`` wrote for this kind of bundle,
+    where they exist; a note on stderr names the missing ones and how to make them."""
+    from edgetok.cache import BASELINES, baseline_pack_dir
+
+    found = {name: baseline_pack_dir(name, v2=v2) for name in BASELINES}
+    missing = [name for name, directory in found.items() if not directory.is_dir()]
+    if missing:
+        recipe = "bash scripts/train-v2" if v2 else "bash scripts/train-v1"
+        click.echo(
+            f"note: no {' or '.join(missing)} baseline in {found[missing[0]].parent} "
+            f"(made by {recipe}, or edgetok train export-baselines{' --v2' if v2 else ''} "
+            "from its runs); scoring without it",
+            err=True,
+        )
+    return {name: directory for name, directory in found.items() if name not in missing}
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -174,8 +192,9 @@ def _human_manifest() -> Path:
     "baselines",
     multiple=True,
     metavar="NAME=DIR",
-    help="Also score a decoder pack (aggregator.onnx, decoder.onnx, compression.json), "
-    "e.g. dense=DIR, fixed=DIR; repeatable.",
+    help="Also score a decoder pack (edgetok train export-baselines), e.g. dense=DIR, "
+    "fixed=DIR; repeatable [default: the dense and fixed-rate packs in "
+    "$EDGETOK_CACHE/exports made for this kind of bundle, where they exist].",
 )
 @click.option(
     "--pocketsphinx/--no-pocketsphinx",
@@ -253,6 +272,8 @@ def command(
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     transcriber = open_transcriber(bundle_path, threads, beam)
+    if not baseline_dirs:
+        baseline_dirs = _default_baselines(v2=transcriber.pack.aggregator.reads_frames)
     packs = {ENTROPY: transcriber.pack}
     for name, directory in baseline_dirs.items():
         try:

@@ -43,11 +43,23 @@ def command(bundle: Path | None, as_json: bool, no_verify: bool) -> None:
 
 
 def _files(bundle: Bundle) -> dict[str, dict[str, Any]]:
-    """Role (and "codebook") -> file name, size in bytes, parameter count or None."""
+    """Role (and "codebook") -> file name, size in bytes (with the external data the bundle
+    ships), parameter count or None, and the external data's file, bytes (None while a
+    rebuilt one is not there yet) and source."""
     files = {}
     for role, entry in bundle.models.items():
         path = bundle.path_of(role)
         files[role] = {"file": entry.file, "bytes": path.stat().st_size, "params": _params(path)}
+        if entry.external_file is not None:
+            external = path.parent / entry.external_file
+            size = external.stat().st_size if external.is_file() else None
+            files[role]["external"] = {
+                "file": entry.external_file,
+                "bytes": size,
+                "source": entry.external_source,
+            }
+            if entry.ships_external and size is not None:
+                files[role]["bytes"] += size
     files["codebook"] = {
         "file": bundle.tokens.codebook_file,
         "bytes": bundle.codebook_path.stat().st_size,
@@ -68,6 +80,14 @@ def _params(path: Path) -> int | None:
     except Exception:  # ImportError, or the parser's own DecodeError
         return None
     return sum(math.prod(tensor.dims) for tensor in model.graph.initializer)
+
+
+def _external_line(external: dict[str, Any]) -> str:
+    """Where a model's external data comes from, for the models table."""
+    size = "not yet built" if external["bytes"] is None else _size(external["bytes"])
+    if external["source"] is None:
+        return f"weights in {external['file']} ({size}, shipped; counted in size)"
+    return f"weights in {external['file']} ({size}, rebuilt from {external['source']})"
 
 
 def _size(n: float) -> str:
@@ -125,6 +145,8 @@ def _text(
             f"  {role:<11} {entry.file:<20} {_size(info['bytes']):>9} {params:>10}  "
             f"{entry.precision:<9}  {entry.backend}"
         )
+        if "external" in info:
+            lines.append(f"{'':14}{_external_line(info['external'])}")
         lines += [f"{'':14}in  {spec}" for spec in entry.inputs]
         lines += [f"{'':14}out {spec}" for spec in entry.outputs]
     total = sum(files[role]["bytes"] for role in bundle.models)

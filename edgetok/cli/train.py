@@ -472,11 +472,11 @@ def bundle_v2_cmd(
 def export_baselines_cmd(run_names, v2) -> None:
     """Export baseline decoders (dense, fixed-rate) for `edgetok eval --baseline`, to
     $EDGETOK_CACHE/exports/RUN."""
+    from edgetok.cache import BASELINES, baseline_run, cache_dir
     from edgetok.train.make_bundle import export_decoder_pack, export_whisper_decoder_pack
-    from edgetok.train.paths import cache_dir, runs_dir
+    from edgetok.train.paths import runs_dir
 
-    prefix = "whisper_decoder" if v2 else "decoder"
     export = export_whisper_decoder_pack if v2 else export_decoder_pack
-    for name in run_names or (f"{prefix}_dense", f"{prefix}_fixed"):
+    for name in run_names or [baseline_run(b, v2=v2) for b in BASELINES]:
         out = export(runs_dir() / name, cache_dir() / "exports" / name)
         click.echo(f"wrote {out}")
