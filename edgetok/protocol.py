@@ -40,6 +40,7 @@ __all__ = [
     "MAX_DIM",
     "MAX_PENDING",
     "MAX_SEGMENTS",
+    "MAX_UTTERANCE_S",
     "PROTOCOL_VERSION",
     "RETRYABLE_ERRORS",
     "Ack",
@@ -55,6 +56,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "frame_bytes",
+    "max_utterance_segments",
     "parse_message",
     "wire_identity",
 ]
@@ -72,6 +74,10 @@ MAX_SEGMENTS: typing.Final = 1024
 MAX_DIM: typing.Final = 4096
 MAX_PENDING: typing.Final = 64
 """Utterances a ``hello`` may list as awaiting their ``final``."""
+MAX_UTTERANCE_S: typing.Final = 31.0
+"""The longest utterance a device sends, in seconds: its VAD ends speech after 30 s
+(``edgetok.vad.VadConfig.max_speech_s``, plus at most 0.2 s of padding and rounding) and
+starts the next utterance, so longer speech arrives split."""
 _MAX_TEXT: typing.Final = 1 << 16
 _MAX_ERROR: typing.Final = 300
 _U32: typing.Final = 1 << 32
@@ -92,6 +98,7 @@ CLOSE_CODES: typing.Final = {
     "superseded": 4008,
     "idle": 4009,
     "session_taken": 4010,
+    "over_budget": 4011,
 }
 #: Errors after which a client may reconnect and resend (after a backoff).
 RETRYABLE_ERRORS: typing.Final = frozenset({"rate_limited", "idle"})
@@ -321,6 +328,14 @@ def wire_identity(bundle: Bundle) -> Identity:
         raise ValueError(f"bundle {bundle.meta.name!r}: aggregator {vectors} has no fixed D")
     sha256 = entry.source_sha256 or entry.sha256
     return Identity(bundle=bundle.meta.name, aggregator_sha256=sha256, dim=dim)
+
+
+def max_utterance_segments(bundle: Bundle) -> int:
+    """The most segments one utterance of ``bundle`` can have: ``MAX_UTTERANCE_S`` of
+    tokens at its token rate (one more for the frame at either edge), cut by its segmenter
+    into segments of at least ``min_len`` tokens. A server for ``bundle`` refuses more."""
+    tokens = math.ceil(MAX_UTTERANCE_S * bundle.tokens.rate_hz) + 1
+    return math.ceil(tokens / bundle.segmenter.min_len)
 
 
 @dataclass(frozen=True, kw_only=True)

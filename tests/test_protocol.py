@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from edgetok.protocol import (
     HEADER_BYTES,
     MAX_DIM,
     MAX_SEGMENTS,
+    MAX_UTTERANCE_S,
     Ack,
     Error,
     Final,
@@ -27,6 +29,7 @@ from edgetok.protocol import (
     decode_frame,
     encode_frame,
     frame_bytes,
+    max_utterance_segments,
     parse_message,
 )
 
@@ -329,3 +332,15 @@ def test_any_json_object_parses_or_is_a_protocol_error(kind: str, fields: dict) 
         parse_message(json.dumps({"type": kind, **fields}))
     except ProtocolError:
         pass
+
+
+def test_the_longest_utterance_covers_what_the_vad_sends(tiny_bundle: Path) -> None:
+    """The VAD ends speech after ``max_speech_s`` (plus a chunk) and pads it by ``pad_s``:
+    within ``MAX_UTTERANCE_S``. The tiny bundle (50 Hz, segments of >= 1 token) allows
+    one segment per token of it."""
+    from edgetok.bundle import load_bundle
+    from edgetok.vad import CHUNK, SAMPLE_RATE, VadConfig
+
+    vad = VadConfig()
+    assert vad.max_speech_s + vad.pad_s + CHUNK / SAMPLE_RATE <= MAX_UTTERANCE_S
+    assert max_utterance_segments(load_bundle(tiny_bundle)) == 31 * 50 + 1
