@@ -1,12 +1,19 @@
 """The decoding server behind ``edgetok serve``: segment vectors in, transcripts out.
 
-One websocket endpoint speaks protocol version 1 (docs/protocol.md). ``process_request``
-refuses a wrong bearer token (HTTP 401) and connections beyond the limit (HTTP 503)
-before the upgrade. A connection starts with the client's ``hello``; frames are then
-applied in sequence order into a *session* that outlives the connection, so a client
-that reconnects and resends gets each frame applied once. Decoding runs in worker threads
-(``asyncio.to_thread``, at most ``Limits.decode_threads`` at a time), one decode at a
-time per utterance: a ``partial`` after each decode, a ``final`` at end of utterance.
+One websocket endpoint speaks protocol version 1 (docs/protocol.md). At most
+``Limits.max_unauthenticated`` connections may wait to send their upgrade request
+(``edgetok.admission``). ``process_request`` refuses a wrong bearer token (HTTP 401) and
+connections beyond the limit (HTTP 503; a connection idle for ``idle_yield_s`` gives its
+place up instead) before the upgrade. A connection starts with the client's ``hello``;
+frames are then applied in sequence order into a *session* that outlives the connection,
+so a client that reconnects and resends gets each frame applied once.
+
+Every byte a session holds is counted (``edgetok.ledger``) against a per-session and a
+server-wide budget: a frame that does not fit waits while decodes under way will free
+bytes, evicts disconnected sessions, and is otherwise refused (``over_budget``).
+Decoding runs on ``Limits.decode_threads`` worker threads shared round-robin by the
+sessions (``edgetok.scheduler``), one decode at a time per utterance: a ``partial``
+after each decode, a ``final`` at end of utterance.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from edgetok.admission import Doorman, quiet_accept
+from edgetok.ledger import SESSION_BYTES, UTTERANCE_BYTES, Account, Ledger
 from edgetok.protocol import (
     CLOSE_CODES,
     HEADER_BYTES,
@@ -48,6 +57,7 @@ from edgetok.protocol import (
     decode_frame,
     parse_message,
 )
+from edgetok.scheduler import FairScheduler
 
 __all__ = [
     "BackgroundServer",
@@ -65,6 +75,8 @@ _T = TypeVar("_T")
 
 _FINALS_KEPT = 64
 """Finished utterances a session remembers, to resend a ``final`` lost with a connection."""
+_QUEUED_FRAMES = 4
+"""Frames websockets reads ahead on one connection (each up to 2 ``max_frame_bytes``)."""
 
 
 @runtime_checkable
@@ -83,6 +95,9 @@ class Limits:
     """Bounds on what clients may make the server hold and do."""
 
     max_connections: int = 16
+    max_unauthenticated: int = 64
+    """Connections accepted that have not sent their upgrade request; a newer one beyond
+    this aborts the oldest."""
     max_frame_bytes: int = 256 * 1024
     """Larger frames: ``too_large``; beyond twice this, websockets closes (1009) unread."""
     max_frames_per_second: float = 50.0
@@ -92,14 +107,24 @@ class Limits:
     """Utterances a session may be sending at once (not yet ended)."""
     max_queued_utterances: int = 64
     """Utterances of a session, ended or not, whose final text is not yet out."""
-    max_segments_per_utterance: int = 4096
+    max_segments_per_utterance: int = 1600
+    """``serve`` sets the bundle's bound (``protocol.max_utterance_segments``)."""
+    max_session_bytes: int = 4 << 20
+    """Bytes one session may hold: vectors of its utterances, finals kept, bookkeeping."""
+    max_server_bytes: int = 64 << 20
+    """Bytes all sessions together may hold; disconnected ones are evicted first."""
     max_sessions: int = 256
     session_ttl_s: float = 300.0
-    """How long a session without a connection is kept for a reconnect."""
+    """How long a session without a connection is kept for a reconnect (at most; it goes
+    earlier when its bytes are needed)."""
     decode_threads: int = 2
+    session_decodes: int = 1
+    """Decodes one session may run at once; the sessions take turns on the threads."""
     hello_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
     """A connection that sends no frame for this long, with no text owed to it, is closed."""
+    idle_yield_s: float = 10.0
+    """When the server is full, a connection idle this long gives its place to a new one."""
     max_auth_failures: int = 20
     """Wrong tokens per address per ``auth_window_s``; beyond, the address gets HTTP 429."""
     auth_window_s: float = 60.0
@@ -110,8 +135,21 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be > 0, got {value}")
         if self.max_sessions < self.max_connections:
             raise ValueError("Limits.max_sessions must be >= max_connections")
+        if self.max_server_bytes < self.max_session_bytes:
+            raise ValueError("Limits.max_server_bytes must be >= max_session_bytes")
         if not HEADER_BYTES < self.max_frame_bytes <= 64 << 20:
             raise ValueError(f"Limits.max_frame_bytes must be in ({HEADER_BYTES}, 64 MiB]")
+
+    def check_dim(self, dim: int) -> None:
+        """Raise ``ValueError`` unless a session may hold one longest utterance of float32
+        vectors of size ``dim``."""
+        largest = self.max_segments_per_utterance * dim * 4 + UTTERANCE_BYTES + SESSION_BYTES
+        if largest > self.max_session_bytes:
+            raise ValueError(
+                f"the session budget of {self.max_session_bytes} bytes cannot hold one "
+                f"utterance of {self.max_segments_per_utterance} segments of dim {dim} "
+                f"({largest} bytes with the session's bookkeeping)"
+            )
 
 
 @dataclass
@@ -131,12 +169,18 @@ class ServerStats:
     finals: int = 0
     errors: int = 0
     """Connections closed with a protocol error."""
+    evicted: int = 0
+    """Disconnected sessions dropped before their time, for room (bytes or count)."""
+    yielded: int = 0
+    """Idle connections closed to let a new one in."""
 
 
 @dataclass(eq=False)
 class _Utterance:
     chunks: list[np.ndarray] = field(default_factory=list)
     count: int = 0
+    nbytes: int = UTTERANCE_BYTES
+    """What the utterance holds: its vectors and bookkeeping."""
     end_token: int = 0
     """Where the last segment ends: the next must start here or later."""
     ended: bool = False
@@ -186,7 +230,7 @@ class _AuthFailures:
 class _Session:
     """What a client has sent, kept across its reconnects."""
 
-    def __init__(self, sid: str, next_seq: int) -> None:
+    def __init__(self, sid: str, next_seq: int, account: Account) -> None:
         self.id = sid
         self.key = secrets.token_urlsafe(24)
         """Sent only to the owner (``ready``); a hello resuming the session must carry it."""
@@ -195,6 +239,33 @@ class _Session:
         self.detached_at = time.monotonic()
         self.open: dict[int, _Utterance] = {}
         self.done: OrderedDict[int, Final | Error] = OrderedDict()
+        self.account = account
+        account.charge(SESSION_BYTES)
+
+    def detach(self) -> None:
+        """No connection now: partials would reach nobody, so decodes of utterances not
+        ended stop (the next frame after a reconnect starts them again)."""
+        self.connection = None
+        self.detached_at = time.monotonic()
+        for utterance in self.open.values():
+            if not utterance.ended and utterance.task is not None:
+                utterance.task.cancel()
+
+    def cost(self, frame: Frame) -> int:
+        """Bytes applying ``frame`` would add (0 for a duplicate)."""
+        if frame.seq < self.next_seq:
+            return 0
+        return frame.vectors.nbytes + (UTTERANCE_BYTES * (frame.utterance not in self.open))
+
+    def finishing(self) -> bool:
+        """Whether an ended utterance waits for its final: its bytes will be freed."""
+        return any(u.ended for u in self.open.values())
+
+    def owed(self) -> bool:
+        """Whether the server owes this session text: a final, or a decode under way."""
+        return any(
+            u.ended or (u.task is not None and not u.task.done()) for u in self.open.values()
+        )
 
     def apply(self, frame: Frame, limits: Limits) -> _Utterance | None:
         """Apply ``frame`` if it is the next in sequence; None for a duplicate."""
@@ -230,27 +301,50 @@ class _Session:
                 f"utterance {frame.utterance}: segment at token {int(frame.starts[0])} before "
                 f"the end of the previous one at {utterance.end_token}",
             )
-        self.open[frame.utterance] = utterance
+        if frame.utterance not in self.open:
+            self.open[frame.utterance] = utterance
+            self.account.charge(utterance.nbytes)
         if count:
             utterance.chunks.append(frame.vectors)
             utterance.count += count
+            utterance.nbytes += frame.vectors.nbytes
+            self.account.charge(frame.vectors.nbytes)
             utterance.end_token = int(frame.starts[-1] + frame.lengths[-1])
         utterance.ended = frame.end
         self.next_seq += 1
         return utterance
 
     def finish(self, utterance: int, message: Final | Error) -> None:
-        self.open.pop(utterance, None)
+        """Forget the utterance's vectors; keep ``message`` to send again on a reconnect."""
+        finished = self.open.pop(utterance, None)
+        if finished is not None:
+            self.account.charge(-finished.nbytes)
+        if utterance in self.done:
+            self.account.charge(-_kept_bytes(self.done.pop(utterance)))
         self.done[utterance] = message
-        self.done.move_to_end(utterance)
+        self.account.charge(_kept_bytes(message))
         while len(self.done) > _FINALS_KEPT:
-            self.done.popitem(last=False)
+            _, old = self.done.popitem(last=False)
+            self.account.charge(-_kept_bytes(old))
 
     async def send(self, message: Partial | Final | Error) -> None:
         """Send on the current connection; dropped when there is none (finals are kept)."""
         if self.connection is not None:
             with contextlib.suppress(ConnectionClosed):
                 await self.connection.send(message.to_json())
+
+
+def _kept_bytes(message: Final | Error) -> int:
+    """What a remembered final or error is charged: its text and bookkeeping."""
+    return UTTERANCE_BYTES + len(message.to_json())
+
+
+@dataclass(eq=False)
+class _Peer:
+    """An admitted connection: its session once it said hello, when it last sent."""
+
+    session: _Session | None = None
+    active_at: float = field(default_factory=time.monotonic)
 
 
 class _Bucket:
@@ -281,19 +375,35 @@ class Server:
             raise ValueError("the server needs a non-empty bearer token")
         self.decode = decoder.decode if isinstance(decoder, SupportsDecode) else decoder
         self.identity = identity
-        self.limits = limits or Limits()
+        self.limits = limits = limits or Limits()
+        limits.check_dim(identity.dim)
         self.stats = ServerStats()
         self.port = 0
         """The bound TCP port, once ``serve`` has started."""
+        self.doorman = Doorman(limits.max_unauthenticated)
         self._token = token.encode()
         self._auth_failures: dict[str, _AuthFailures] = {}
-        self._admitted: set[ServerConnection] = set()
+        self._peers: dict[ServerConnection, _Peer] = {}
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._decoding = asyncio.Semaphore(self.limits.decode_threads)
+        self._ledger = Ledger()
+        self._scheduler = FairScheduler(
+            limits.decode_threads, limits.session_decodes, name="edgetok-decode"
+        )
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the sessions hold now (``edgetok.ledger``)."""
+        return self._ledger.total
+
+    @property
+    def peak_held_bytes(self) -> int:
+        """The most bytes the sessions have held at once."""
+        return self._ledger.peak
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Before the upgrade: HTTP 401 for a missing or wrong token, 503 when full."""
+        self.doorman.admitted(connection)
         address = str(connection.remote_address[0]) if connection.remote_address else "?"
         failures = self._auth_failures.get(address)
         if failures is not None and failures.blocked(self.limits):
@@ -319,23 +429,46 @@ class Server:
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="edgetok"'
             return response
-        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
-        if len(self._admitted) >= self.limits.max_connections:
+        self._peers = {c: p for c, p in self._peers.items() if c.state is not State.CLOSED}
+        if len(self._peers) >= self.limits.max_connections and not self._yield_idlest():
             self.stats.refused += 1
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
             response.headers["Retry-After"] = "1"
             return response
-        self._admitted.add(connection)
+        self._peers[connection] = _Peer()
         return None
+
+    def _yield_idlest(self) -> bool:
+        """Close the connection idle longest, if one is idle ``idle_yield_s`` and owed no
+        text, to make room for a new one."""
+        now = time.monotonic()
+        idle = [
+            (peer.active_at, connection)
+            for connection, peer in self._peers.items()
+            if peer.session is not None
+            and not peer.session.owed()
+            and now - peer.active_at >= self.limits.idle_yield_s
+        ]
+        if not idle:
+            return False
+        active_at, connection = min(idle, key=lambda item: item[0])
+        del self._peers[connection]
+        self.stats.yielded += 1
+        message = f"idle for {now - active_at:.0f} s while the server is full"
+        self._spawn(self._close(connection, "idle", message))
+        return True
 
     async def handle(self, connection: ServerConnection) -> None:
         """One connection: hello, then frames until it closes or breaks the protocol."""
         session = None
+        peer = self._peers.get(connection) or _Peer()
         try:
             hello, session = await self._hello(connection)
+            peer.session, peer.active_at = session, time.monotonic()
             bucket = _Bucket(self.limits.max_frames_per_second, self.limits.burst_frames)
             while True:
                 message = await self._next(connection, session)
+                peer.active_at = time.monotonic()
                 if isinstance(message, str):
                     raise ProtocolError("bad_message", "after the hello, only binary frames")
                 if not bucket.take():
@@ -354,9 +487,9 @@ class Server:
         except ConnectionClosed:
             pass
         finally:
+            self._peers.pop(connection, None)
             if session is not None and session.connection is connection:
-                session.connection = None
-                session.detached_at = time.monotonic()
+                session.detach()
 
     async def _next(self, connection: ServerConnection, session: _Session) -> str | bytes:
         """The next message; ``idle`` once none came for ``idle_timeout_s`` while the
@@ -366,7 +499,7 @@ class Server:
             try:
                 return await asyncio.wait_for(connection.recv(), idle)
             except asyncio.TimeoutError:
-                if not session.open:
+                if not session.owed():
                     raise ProtocolError("idle", f"no frame for {idle:g} s") from None
 
     async def _hello(self, connection: ServerConnection) -> tuple[Hello, _Session]:
@@ -392,6 +525,8 @@ class Server:
                 f"{mine.aggregator_sha256[:12]}, dim {mine.dim}; the client sent "
                 f"{theirs.bundle!r}, {theirs.aggregator_sha256[:12]}, dim {theirs.dim}",
             )
+        if hello.session not in self._sessions:
+            await self._make_room(None, SESSION_BYTES)
         session, resumed = self._attach(hello, connection)
         self.stats.connections += 1
         limits = self.limits
@@ -420,8 +555,9 @@ class Server:
         if session is None:
             if len(self._sessions) >= self.limits.max_sessions:
                 # Connected sessions < max_connections <= max_sessions: an idle one exists.
-                self._drop(next(k for k, s in self._sessions.items() if s.connection is None))
-            session = self._sessions[hello.session] = _Session(hello.session, hello.seq)
+                self._evict_detached()
+            session = _Session(hello.session, hello.seq, self._ledger.account())
+            self._sessions[hello.session] = session
         elif not hmac.compare_digest(hello.resume_key.encode(), session.key.encode()):
             raise ProtocolError(
                 "session_taken", f"session {hello.session!r} belongs to another client"
@@ -434,28 +570,70 @@ class Server:
         previous, session.connection = session.connection, connection
         if previous is not None:
             log.info("session %s moved to %s", session.id, connection.remote_address)
-            self._spawn(self._supersede(previous))
+            message = "this session continues on a newer connection"
+            self._spawn(self._close(previous, "superseded", message))
         return session, resumed
 
     def _drop(self, sid: str) -> None:
         session = self._sessions.pop(sid)
+        session.account.close()
         for utterance in session.open.values():
             if utterance.task is not None:
                 utterance.task.cancel()
 
-    async def _supersede(self, connection: ServerConnection) -> None:
-        message = "this session continues on a newer connection"
+    def _evict_detached(self) -> bool:
+        """Drop the disconnected session attached longest ago; False if there is none."""
+        sid = next((k for k, s in self._sessions.items() if s.connection is None), None)
+        if sid is None:
+            return False
+        log.info("session %s evicted: its room is needed", sid)
+        self._drop(sid)
+        self.stats.evicted += 1
+        return True
+
+    async def _close(self, connection: ServerConnection, code: str, message: str) -> None:
+        """Send ``error`` ``code`` on ``connection`` and close it with its close code."""
         with contextlib.suppress(ConnectionClosed):
-            await connection.send(Error(code="superseded", message=message).to_json())
-            await connection.close(CLOSE_CODES["superseded"], "superseded")
+            await connection.send(Error(code=code, message=message).to_json())
+            await connection.close(CLOSE_CODES[code], code)
+
+    async def _make_room(self, session: _Session | None, cost: int) -> None:
+        """Return once ``session`` (None: a new one) may hold ``cost`` more bytes: wait
+        while decodes under way will free bytes, evict disconnected sessions; else raise
+        ``over_budget``."""
+        limits, ledger = self.limits, self._ledger
+        while True:
+            if session is not None and session.account.held + cost > limits.max_session_bytes:
+                if not session.finishing():
+                    raise ProtocolError(
+                        "over_budget",
+                        f"the session holds {session.account.held} bytes in utterances not "
+                        f"ended; its budget is {limits.max_session_bytes}",
+                    )
+            elif ledger.total + cost > limits.max_server_bytes:
+                if self._evict_detached():
+                    continue
+                if not any(s.finishing() for s in self._sessions.values()):
+                    raise ProtocolError(
+                        "over_budget",
+                        f"the server holds {ledger.total} bytes in utterances not ended; "
+                        f"its budget is {limits.max_server_bytes}",
+                    )
+            else:
+                return
+            await ledger.freed.wait()
 
     async def _frame(
         self, connection: ServerConnection, session: _Session, data: bytes, dtype: str
     ) -> None:
-        """Decode, apply (or skip a duplicate), acknowledge, and start decoding."""
+        """Decode, wait for room, apply (or skip a duplicate), acknowledge, and start
+        decoding."""
         frame = decode_frame(
             data, max_bytes=self.limits.max_frame_bytes, dim=self.identity.dim, dtype=dtype
         )
+        await self._make_room(session, session.cost(frame))
+        if session.connection is not connection:  # superseded while it waited
+            return
         utterance = session.apply(frame, self.limits)
         if utterance is None:
             self.stats.duplicates += 1
@@ -480,7 +658,7 @@ class Server:
                 if len(utterance.chunks) > 1:
                     utterance.chunks = [np.concatenate(utterance.chunks)]
                 try:
-                    text = await self._decode(utterance.chunks[0] if count else None)
+                    text = await self._decode(session, utterance.chunks[0] if count else None)
                 except Exception as exc:
                     log.exception("decoding utterance %d of session %s failed", uid, session.id)
                     error = Error(code="decode_failed", message=repr(exc)[:300], utterance=uid)
@@ -500,17 +678,18 @@ class Server:
             if caught_up:
                 return
 
-    async def _decode(self, vectors: np.ndarray | None) -> str:
+    async def _decode(self, session: _Session, vectors: np.ndarray | None) -> str:
+        """``vectors`` decoded on a worker thread in ``session``'s turn."""
         if vectors is None:
             return ""
-        async with self._decoding:
-            return await asyncio.to_thread(self.decode, vectors)
+        return await self._scheduler.run(session, self.decode, vectors)
 
     async def shutdown(self) -> None:
         """Cancel running decodes (their threads finish on their own)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._scheduler.close()
 
 
 @contextlib.asynccontextmanager
@@ -526,20 +705,23 @@ async def serve(
 ) -> AsyncIterator[Server]:
     """Serve until the block exits; yields the ``Server`` (``port`` is the bound port)."""
     server = Server(decoder, identity, token=token, limits=limits)
-    async with ws_serve(
-        server.handle,
-        host,
-        port,
-        process_request=server.process_request,
-        compression=None,
-        max_size=2 * server.limits.max_frame_bytes,
-        ssl=ssl,
-    ) as listening:
-        server.port = listening.sockets[0].getsockname()[1]
-        try:
-            yield server
-        finally:
-            await server.shutdown()
+    with quiet_accept(asyncio.get_running_loop()):
+        async with ws_serve(
+            server.handle,
+            host,
+            port,
+            process_request=server.process_request,
+            create_connection=server.doorman.connection_class(),
+            compression=None,
+            max_size=2 * server.limits.max_frame_bytes,
+            max_queue=_QUEUED_FRAMES,
+            ssl=ssl,
+        ) as listening:
+            server.port = listening.sockets[0].getsockname()[1]
+            try:
+                yield server
+            finally:
+                await server.shutdown()
 
 
 class BackgroundServer:

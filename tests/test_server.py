@@ -491,6 +491,253 @@ def test_a_client_rides_out_a_server_restart(stage: DecoderStage, identity: Iden
     run(main)
 
 
+# Budgets: bytes held per session and in all, segments per utterance.
+
+#: Limits small enough to reach with a few frames of the tiny bundle (D = 8): one
+#: utterance of 32 segments holds 32 * 8 * 4 + 512 bytes, a session 4,096 of its own.
+BUDGET = Limits(max_segments_per_utterance=32, max_session_bytes=12_000, max_server_bytes=24_000)
+
+
+def test_a_session_is_held_to_its_memory_budget(stage: DecoderStage, identity: Identity) -> None:
+    """Utterances left open fill the session's budget: over_budget, and the bytes the
+    server acknowledged stay within it; the limit on segments per utterance holds too."""
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN, limits=BUDGET) as server:
+            async with connect(url(server.port), additional_headers=AUTH) as ws:
+                await ws.send(hello(identity).to_json())
+                assert isinstance(parse_message(await ws.recv()), Ready)
+                for seq in range(20):  # 20 open utterances of 8 segments, never ended
+                    frames = utterance(seq, 1, per_frame=8)
+                    await ws.send(encode_frame(seq, seq, *frames[0]))
+                messages = await until_closed(ws)
+            acked = [m for m in messages if isinstance(m, Ack)]
+            assert messages[-1].code == "over_budget"
+            assert ws.close_code == CLOSE_CODES["over_budget"]
+            held = 4096 + len(acked) * (8 * D * 4 + 512)
+            assert 0 < len(acked) < 20 and held <= BUDGET.max_session_bytes
+            assert server.peak_held_bytes <= BUDGET.max_session_bytes
+            async with Client(url(server.port), TOKEN, identity) as client:
+                too_long = utterance(3, 11)  # 33 segments
+                with pytest.raises(RemoteError, match="longer than 32 segments"):
+                    await send_all(client, 0, too_long)
+                    await client.result(0)
+
+    run(main)
+
+
+def test_ended_utterances_wait_for_room_instead_of_failing(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """Ended utterances sent faster than they are decoded fill the budget: the server
+    reads on as decodes free bytes (backpressure), and every one gets its text."""
+
+    def slow(vectors: np.ndarray) -> str:
+        time.sleep(0.01)
+        return stage(vectors)
+
+    limits = replace(BUDGET, max_session_bytes=20_000, max_server_bytes=40_000)
+    sent = {uid: utterance(uid, 4, per_frame=8) for uid in range(16)}  # 16 x 1.5 KB
+
+    async def main() -> None:
+        async with serve(slow, identity, token=TOKEN, limits=limits) as server:
+            async with Client(url(server.port), TOKEN, identity) as client:
+                for uid, frames in sent.items():
+                    await send_all(client, uid, frames)
+                for uid, frames in sent.items():
+                    assert await client.result(uid) == stage(wire_vectors(frames))
+            assert server.peak_held_bytes <= limits.max_session_bytes
+            assert server.stats.errors == 0
+
+    total = sum(len(frames) * 8 * D * 4 + 512 for frames in sent.values())
+    assert total > limits.max_session_bytes  # all at once would not have fitted
+    run(main)
+
+
+def test_disconnected_sessions_make_room_for_live_ones(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """Sessions left with open utterances hold bytes only until a live session needs
+    them: the server's total stays within its budget, the oldest orphans go first."""
+
+    async def orphan(port: int, name: str) -> str:
+        """A session left holding two open utterances; returns its resume key."""
+        async with connect(url(port), additional_headers=AUTH) as ws:
+            await ws.send(hello(identity, session=name).to_json())
+            ready = parse_message(await ws.recv())
+            for seq in range(2):
+                await ws.send(encode_frame(seq, seq, *utterance(seq, 1, per_frame=24)[0]))
+                assert parse_message(await ws.recv()) == Ack(seq=seq)
+        assert isinstance(ready, Ready)
+        return ready.resume_key
+
+    async def resumed(port: int, name: str, key: str) -> bool:
+        async with connect(url(port), additional_headers=AUTH) as ws:
+            await ws.send(hello(identity, session=name, seq=2, resume_key=key).to_json())
+            ready = parse_message(await ws.recv())
+        assert isinstance(ready, Ready)
+        return ready.resumed
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN, limits=BUDGET) as server:
+            # Each holds 4,096 + 2 x (24 x 8 x 4 + 512) = 6,656 bytes: 3 fit in 24,000.
+            keys = [await orphan(server.port, f"orphan-{i}") for i in range(6)]
+            assert server.stats.evicted == 3
+            async with Client(url(server.port), TOKEN, identity) as client:
+                frames = utterance(9, 3, per_frame=8)
+                await send_all(client, 0, frames)
+                assert await client.result(0) == stage(wire_vectors(frames))
+            assert server.stats.evicted == 4
+            assert server.peak_held_bytes <= BUDGET.max_server_bytes
+            assert await resumed(server.port, "orphan-5", keys[5])  # the newest is kept
+            assert not await resumed(server.port, "orphan-0", keys[0])  # the oldest is not
+
+    run(main)
+
+
+# Fair decoding: sessions take turns on the decode threads.
+
+
+class Gate:
+    """A decoder over the real stage that records the order of its inputs' markers
+    (``vectors[0, 0]``) and holds marker 42 until ``release``."""
+
+    def __init__(self, stage: DecoderStage) -> None:
+        self.stage = stage
+        self.order: list[float] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def decode(self, vectors: np.ndarray) -> str:
+        self.order.append(float(vectors[0, 0]))
+        if vectors[0, 0] == 42:
+            self.entered.set()
+            self.release.wait(10)
+        return self.stage(vectors)
+
+
+def marked(marker: float, frames: int = 1) -> list[FrameArgs]:
+    """One-segment frames whose first vector starts with ``marker``."""
+    out = []
+    for i in range(frames):
+        vectors = np.full((1, D), 0.5, np.float32)
+        vectors[0, 0] = marker if i == 0 else 0.5
+        out.append((np.array([i]), np.array([1]), vectors))
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_client_with_many_decodes_waits_its_turn(
+    stage: DecoderStage, identity: Identity, threads: int
+) -> None:
+    """A hog queues four utterances, the first held in its decoder. One thread: the
+    other client's utterance is decoded next, before the hog's second. Two threads: the
+    hog holds one at most, so the other client gets its text while the hog's first
+    decode is still held."""
+    gate = Gate(stage)
+    limits = Limits(decode_threads=threads)
+
+    async def main() -> None:
+        async with serve(gate, identity, token=TOKEN, limits=limits) as server:
+            async with (
+                Client(url(server.port), TOKEN, identity) as hog,
+                Client(url(server.port), TOKEN, identity) as other,
+            ):
+                await send_all(hog, 0, marked(42))
+                await asyncio.to_thread(gate.entered.wait, 10)
+                for uid, marker in enumerate((2.0, 3.0, 4.0), start=1):
+                    await send_all(hog, uid, marked(marker))
+                await hog.flush()
+                await send_all(other, 0, marked(7.0))
+                if threads == 2:
+                    assert await other.result(0) == stage(wire_vectors(marked(7.0)))
+                    assert not gate.release.is_set()
+                else:
+                    await other.flush()
+                gate.release.set()
+                for uid in range(4):
+                    await hog.result(uid)
+                await other.result(0) if threads == 1 else None
+        assert gate.order == [42.0, 7.0, 2.0, 3.0, 4.0]
+
+    try:
+        run(main)
+    finally:
+        gate.release.set()
+
+
+# Connections: unauthenticated ones, idle ones, idle timeouts.
+
+
+def test_unauthenticated_connections_cannot_hold_the_door(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """20 connections that never send a request, 4 allowed: each newcomer aborts the
+    oldest, so the 16 oldest are closed and a real client still gets in."""
+    limits = Limits(max_unauthenticated=4)
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN, limits=limits) as server:
+            silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(20)]
+            for reader, _ in silent[:16]:
+                with contextlib.suppress(ConnectionResetError):
+                    assert await reader.read() == b""
+            assert len(server.doorman) == 4 and server.doorman.dropped == 16
+            async with Client(url(server.port), TOKEN, identity) as client:
+                frames = utterance(1, 2)
+                await send_all(client, 0, frames)
+                assert await client.result(0) == stage(wire_vectors(frames))
+            assert server.doorman.dropped == 17  # the client's arrival closed one more
+            for _, writer in silent:
+                writer.close()
+
+    run(main)
+
+
+def test_an_idle_connection_gives_way_when_the_server_is_full(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    limits = Limits(max_connections=2, max_sessions=2, idle_yield_s=0.2)
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN, limits=limits) as server:
+            idle = []
+            for name in ("first", "second"):
+                ws = await connect(url(server.port), additional_headers=AUTH)
+                await ws.send(hello(identity, session=name).to_json())
+                assert isinstance(parse_message(await ws.recv()), Ready)
+                idle.append(ws)
+            client = Client(url(server.port), TOKEN, identity, backoff_s=0.05)
+            async with client:  # 503 until the first has idled 0.2 s, then its place
+                frames = utterance(2, 2)
+                await send_all(client, 0, frames)
+                assert await client.result(0) == stage(wire_vectors(frames))
+            messages = await until_closed(idle[0])
+            assert messages[-1].code == "idle" and idle[0].close_code == CLOSE_CODES["idle"]
+            assert server.stats.yielded == 1
+            await idle[1].close()
+
+    run(main)
+
+
+def test_an_open_utterance_does_not_keep_a_silent_connection_alive(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """Once its partial is out, a client that stops mid-utterance is idle."""
+    limits = Limits(idle_timeout_s=0.3)
+
+    async def main() -> None:
+        async with serve(stage, identity, token=TOKEN, limits=limits) as server:
+            async with connect(url(server.port), additional_headers=AUTH) as ws:
+                await ws.send(hello(identity).to_json())
+                assert isinstance(parse_message(await ws.recv()), Ready)
+                await ws.send(encode_frame(0, 0, *utterance(1, 1)[0]))
+                messages = await until_closed(ws)
+            assert [m.TYPE for m in messages] == ["ack", "partial", "error"]
+            assert messages[-1].code == "idle" and ws.close_code == CLOSE_CODES["idle"]
+
+    run(main)
+
+
 async def refusal(port: int, first: str | bytes) -> tuple[Error, int]:
     """Connect, send ``first``, return the error and close code that follow."""
     async with connect(url(port), additional_headers=AUTH, compression=None) as ws:
@@ -726,6 +973,18 @@ def test_cli_serves_a_bundle_until_sigterm(tiny: Path, stage: DecoderStage) -> N
                 await process.wait()
 
     run(main)
+
+
+def test_cli_refuses_a_session_budget_below_one_utterance(tiny: Path) -> None:
+    """The tiny bundle's longest utterance is 1,551 segments of 8 float32: 50 KB."""
+    from click.testing import CliRunner
+
+    from edgetok.cli import main
+
+    args = ["serve", "--bundle", str(tiny), "--token", TOKEN, "--session-budget-mib", "0.04"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "cannot hold one utterance of 1551 segments of dim 8" in result.output
 
 
 def test_tls(tmp_path: Path, stage: DecoderStage, identity: Identity) -> None:

@@ -31,6 +31,28 @@ from edgetok.cli._common import beam_option, token_options
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--max-connections", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option(
+    "--max-unauthenticated",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections that have not sent their upgrade request; a newer one beyond this "
+    "closes the oldest.",
+)
+@click.option(
+    "--session-budget-mib",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Memory one session may hold (segment vectors, finals kept); beyond: over_budget.",
+)
+@click.option(
+    "--server-budget-mib",
+    default=64.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Memory all sessions together may hold; disconnected sessions are evicted first.",
+)
+@click.option(
     "--max-frame-bytes",
     default=256 * 1024,
     show_default=True,
@@ -44,6 +66,13 @@ from edgetok.cli._common import beam_option, token_options
     type=click.FloatRange(min=0.1),
     help="Seconds without a frame after which a connection owed no text is closed (idle).",
 )
+@click.option(
+    "--idle-yield",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="When --max-connections are open, one idle this long gives its place to a new one.",
+)
 @beam_option
 def command(
     bundle: Path | None,
@@ -53,8 +82,12 @@ def command(
     tls_cert: Path | None,
     tls_key: Path | None,
     max_connections: int,
+    max_unauthenticated: int,
+    session_budget_mib: float,
+    server_budget_mib: float,
     max_frame_bytes: int,
     idle_timeout: float,
+    idle_yield: float,
     beam: int,
 ) -> None:
     """Decode segment vectors sent by edgetok devices into text (protocol: docs/protocol.md).
@@ -65,7 +98,7 @@ def command(
     import ssl
 
     from edgetok.bundle import BundleError, default_bundle_path, load_bundle
-    from edgetok.protocol import wire_identity
+    from edgetok.protocol import max_utterance_segments, wire_identity
     from edgetok.server import Limits, serve
     from edgetok.stages import server_decoder
 
@@ -84,14 +117,20 @@ def command(
         loaded = load_bundle(bundle or default_bundle_path())
         decoder = server_decoder(loaded, beam=beam)
         identity = wire_identity(loaded)
+        limits = Limits(
+            max_connections=max_connections,
+            max_unauthenticated=max_unauthenticated,
+            max_frame_bytes=max_frame_bytes,
+            max_segments_per_utterance=max_utterance_segments(loaded),
+            max_session_bytes=round(session_budget_mib * (1 << 20)),
+            max_server_bytes=round(server_budget_mib * (1 << 20)),
+            max_sessions=max(256, max_connections),
+            idle_timeout_s=idle_timeout,
+            idle_yield_s=idle_yield,
+        )
+        limits.check_dim(identity.dim)
     except (BundleError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    limits = Limits(
-        max_connections=max_connections,
-        max_frame_bytes=max_frame_bytes,
-        max_sessions=max(256, max_connections),
-        idle_timeout_s=idle_timeout,
-    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
