@@ -275,3 +275,29 @@ def test_cli_record_keeps_systems_of_an_earlier_run(
     # Another utterance count starts over.
     assert eval_cli(*args[:-1], "1", "--record").exit_code == 0
     assert "dense" not in load_bundle(bundle_dir).eval
+
+
+def test_cli_default_baselines(
+    tiny_bundle: Path, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --baseline, eval scores the packs export-baselines left in the cache for
+    this kind of bundle (v1 here: decoder_dense, decoder_fixed) and names the missing."""
+    monkeypatch.setenv("EDGETOK_CACHE", str(tmp_path))
+    args = [str(manifest), "--bundle", str(tiny_bundle), "--no-pocketsphinx", "--no-whisper"]
+    args += ["--limit", "1", "--json"]
+    result = eval_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)["systems"]) == ["entropy"]
+    assert f"note: no dense or fixed baseline in {tmp_path / 'exports'}" in result.stderr
+
+    make_decoder_pack(
+        tiny_bundle, tmp_path / "exports" / "decoder_dense", {"mode": "dense", "max_len": 1}
+    )
+    result = eval_cli(*args)
+    assert list(json.loads(result.stdout)["systems"]) == ["entropy", "dense"]
+    assert "note: no fixed baseline" in result.stderr
+    result = eval_cli(*args, "--no-baselines")
+    assert list(json.loads(result.stdout)["systems"]) == ["entropy"]
+    assert "note:" not in result.stderr
+    result = eval_cli(*args, "--no-baselines", "--baseline", f"dense={tmp_path}")
+    assert result.exit_code == 2 and "--no-baselines with --baseline" in result.stderr

@@ -197,6 +197,11 @@ def _human_manifest() -> Path:
     "$EDGETOK_CACHE/exports made for this kind of bundle, where they exist].",
 )
 @click.option(
+    "--no-baselines",
+    is_flag=True,
+    help="Score no baseline pack, not even the default ones.",
+)
+@click.option(
     "--pocketsphinx/--no-pocketsphinx",
     default=None,
     help="Also score pocketsphinx on the same audio [default: when it is installed].",
@@ -236,6 +241,7 @@ def command(
     human: bool,
     bundle_path: Path | None,
     baselines: tuple[str, ...],
+    no_baselines: bool,
     pocketsphinx: bool | None,
     whisper: bool | None,
     limit: int | None,
@@ -272,7 +278,9 @@ def command(
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     transcriber = open_transcriber(bundle_path, threads, beam)
-    if not baseline_dirs:
+    if no_baselines and baseline_dirs:
+        raise click.UsageError("--no-baselines with --baseline")
+    if not baseline_dirs and not no_baselines:
         baseline_dirs = _default_baselines(v2=transcriber.pack.aggregator.reads_frames)
     packs = {ENTROPY: transcriber.pack}
     for name, directory in baseline_dirs.items():
