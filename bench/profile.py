@@ -595,7 +595,7 @@ def model_bytes(bundle: Bundle) -> dict[str, int]:
         size = path.stat().st_size
         if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
             size += path.with_suffix(".bin").stat().st_size
-        if entry.external_file is not None and entry.external_source is None:
+        if entry.ships_external:
             external = path.parent / entry.external_file
             size += external.stat().st_size if external.is_file() else 0
         sizes[role] = size

@@ -144,7 +144,7 @@ def _carry(source: Bundle, role: str, out_dir: Path) -> None:
         external = source.manifest_path.parent / entry.external_file
         if external.is_file():
             shutil.copy(external, out_dir / entry.external_file)
-        elif entry.external_source is None:
+        elif entry.ships_external:
             raise BuildError(f"{source.manifest_path} [models.{role}]: {external} not found")
 
 
