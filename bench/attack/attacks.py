@@ -129,15 +129,21 @@ async def _too_long(srv: Served, payloads: Payloads) -> str | None:
     return errors[-1] if errors else None
 
 
-async def _control_rss(bundle: Path, payloads: Payloads, options: tuple[str, ...]) -> float:
-    """Peak resident memory of a fresh server while it decodes two of the longest
-    utterances at once for a well-behaved client (decoding's working memory, no attack)."""
+async def _control_rss(
+    bundle: Path, payloads: Payloads, clients: int, options: tuple[str, ...]
+) -> float:
+    """Peak resident memory of a fresh server under heavy honest load: ``clients``
+    well-behaved clients each send two of the longest utterances at once (no attack)."""
+
+    async def honest(srv: Served, seed: int) -> None:
+        async with Client(srv.url, TOKEN, payloads.identity) as client:
+            frames = payloads.utterance(seed, payloads.max_segments)
+            await asyncio.gather(*(_transcribe(client, uid, frames) for uid in range(2)))
+
     async with served(bundle, TOKEN, *options) as srv:
         peak = [srv.rss_mib()]
         sampler = asyncio.create_task(srv.sample_rss(peak))
-        async with Client(srv.url, TOKEN, payloads.identity) as client:
-            frames = payloads.utterance(2, payloads.max_segments)
-            await asyncio.gather(*(_transcribe(client, uid, frames) for uid in range(2)))
+        await asyncio.gather(*(honest(srv, seed) for seed in range(clients)))
         sampler.cancel()
         return peak[0]
 
@@ -156,8 +162,8 @@ async def memory(
     """Hostile sessions (``at_once`` at a time) each open ``utterances`` utterances of
     the longest int8 segments and leave them open; the server's resident memory (sampled
     every 50 ms; VmHWM also counts loading the bundle), and (``control``) that of a server
-    decoding two of the longest utterances without attack."""
-    control_rss = await _control_rss(bundle, payloads, options) if control else None
+    under ``at_once`` honest clients sending two of the longest utterances each."""
+    control_rss = await _control_rss(bundle, payloads, at_once, options) if control else None
     async with served(bundle, TOKEN, *options) as srv:
         start = srv.rss_mib()
         peak = [start]
