@@ -74,10 +74,9 @@ MAX_SEGMENTS: typing.Final = 1024
 MAX_DIM: typing.Final = 4096
 MAX_PENDING: typing.Final = 64
 """Utterances a ``hello`` may list as awaiting their ``final``."""
-MAX_UTTERANCE_S: typing.Final = 31.0
-"""The longest utterance a device sends, in seconds: its VAD ends speech after 30 s
-(``edgetok.vad.VadConfig.max_speech_s``, plus at most 0.2 s of padding and rounding) and
-starts the next utterance, so longer speech arrives split."""
+MAX_UTTERANCE_S: typing.Final = 30.0
+"""The longest utterance a device sends, in seconds: the models' one pass (Whisper's
+encoder window); a pipeline cuts longer speech (``edgetok.pipeline.MAX_UTTERANCE_S``)."""
 _MAX_TEXT: typing.Final = 1 << 16
 _MAX_ERROR: typing.Final = 300
 _U32: typing.Final = 1 << 32
@@ -331,9 +330,10 @@ def wire_identity(bundle: Bundle) -> Identity:
 
 
 def max_utterance_segments(bundle: Bundle) -> int:
-    """The most segments one utterance of ``bundle`` can have: ``MAX_UTTERANCE_S`` of
-    tokens at its token rate (one more for the frame at either edge), cut by its segmenter
-    into segments of at least ``min_len`` tokens. A server for ``bundle`` refuses more."""
+    """The most segments one utterance of ``bundle`` can have: the tokens of
+    ``MAX_UTTERANCE_S`` at its token rate (one more: the frame at the edge), cut by its
+    segmenter into segments of at least ``min_len`` tokens. A server for ``bundle``
+    refuses more."""
     tokens = math.ceil(MAX_UTTERANCE_S * bundle.tokens.rate_hz) + 1
     return math.ceil(tokens / bundle.segmenter.min_len)
 

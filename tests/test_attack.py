@@ -26,8 +26,8 @@ def run(coroutine):
 def test_memory_attack_is_held_to_the_session_and_server_budgets(
     tiny_bundle: Path, payloads: Payloads
 ) -> None:
-    """The tiny bundle's longest utterance holds 1,551 x 8 x 4 bytes (50 KB): a 0.25 MiB
-    session budget takes 4 of the 16 each hostile session opens."""
+    """The tiny bundle's longest utterance holds 1,501 x 8 x 4 bytes (48 KB): a 0.25 MiB
+    session budget takes 5 of the 16 each hostile session opens."""
     budgets = ("--session-budget-mib", "0.25", "--server-budget-mib", "0.75")
     result = run(
         attacks.memory(tiny_bundle, payloads, sessions=6, at_once=3, control=False, options=budgets)

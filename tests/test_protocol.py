@@ -334,13 +334,11 @@ def test_any_json_object_parses_or_is_a_protocol_error(kind: str, fields: dict) 
         pass
 
 
-def test_the_longest_utterance_covers_what_the_vad_sends(tiny_bundle: Path) -> None:
-    """The VAD ends speech after ``max_speech_s`` (plus a chunk) and pads it by ``pad_s``:
-    within ``MAX_UTTERANCE_S``. The tiny bundle (50 Hz, segments of >= 1 token) allows
-    one segment per token of it."""
+def test_the_longest_utterance_is_the_one_a_pipeline_sends(tiny_bundle: Path) -> None:
+    """A pipeline cuts utterances within the protocol's bound. The tiny bundle (50 Hz,
+    segments of >= 1 token) allows one segment per token of 30 s (and the edge's)."""
+    from edgetok import pipeline
     from edgetok.bundle import load_bundle
-    from edgetok.vad import CHUNK, SAMPLE_RATE, VadConfig
 
-    vad = VadConfig()
-    assert vad.max_speech_s + vad.pad_s + CHUNK / SAMPLE_RATE <= MAX_UTTERANCE_S
-    assert max_utterance_segments(load_bundle(tiny_bundle)) == 31 * 50 + 1
+    assert pipeline.MAX_UTTERANCE_S <= MAX_UTTERANCE_S
+    assert max_utterance_segments(load_bundle(tiny_bundle)) == 30 * 50 + 1

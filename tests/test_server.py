@@ -976,7 +976,7 @@ def test_cli_serves_a_bundle_until_sigterm(tiny: Path, stage: DecoderStage) -> N
 
 
 def test_cli_refuses_a_session_budget_below_one_utterance(tiny: Path) -> None:
-    """The tiny bundle's longest utterance is 1,551 segments of 8 float32: 50 KB."""
+    """The tiny bundle's longest utterance is 1,501 segments of 8 float32: 48 KB."""
     from click.testing import CliRunner
 
     from edgetok.cli import main
@@ -984,7 +984,7 @@ def test_cli_refuses_a_session_budget_below_one_utterance(tiny: Path) -> None:
     args = ["serve", "--bundle", str(tiny), "--token", TOKEN, "--session-budget-mib", "0.04"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
-    assert "cannot hold one utterance of 1551 segments of dim 8" in result.output
+    assert "cannot hold one utterance of 1501 segments of dim 8" in result.output
 
 
 def test_tls(tmp_path: Path, stage: DecoderStage, identity: Identity) -> None:
