@@ -26,16 +26,13 @@ import numpy as np
 
 from edgetok.audio import SAMPLE_RATE, AudioSource
 from edgetok.frontend import LogMelStream, log_mel
+from edgetok.protocol import MAX_UTTERANCE_S
 from edgetok.sinks import Sink, frames_bytes
 from edgetok.stages import Transcriber
 from edgetok.vad import CHUNK, SileroModel, VadConfig, VadEvent, VoiceDetector
 
 __all__ = ["MAX_UTTERANCE_S", "Pipeline", "PipelineStats", "TokenArrays", "Traffic", "Utterance"]
 
-MAX_UTTERANCE_S = 30.0
-"""The longest utterance, in seconds, that the models take in one pass: the v2 tokenizer
-(Whisper's encoder) has 1,500 positions at 50 tokens/s. Every bundle is held to it, so a
-pipeline cuts longer speech and a server never sees more."""
 PCM_BYTES = 2
 """Bytes per sample of raw 16-bit PCM, the baseline of the byte counts."""
 _END = object()

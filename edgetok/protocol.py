@@ -75,8 +75,9 @@ MAX_DIM: typing.Final = 4096
 MAX_PENDING: typing.Final = 64
 """Utterances a ``hello`` may list as awaiting their ``final``."""
 MAX_UTTERANCE_S: typing.Final = 30.0
-"""The longest utterance a device sends, in seconds: the models' one pass (Whisper's
-encoder window); a pipeline cuts longer speech (``edgetok.pipeline.MAX_UTTERANCE_S``)."""
+"""The longest utterance a device sends, in seconds: the models' one pass (the v2
+tokenizer, Whisper's encoder, has 1,500 positions at 50 tokens/s); a pipeline cuts longer
+speech, so a server never sees more."""
 _MAX_TEXT: typing.Final = 1 << 16
 _MAX_ERROR: typing.Final = 300
 _U32: typing.Final = 1 << 32

@@ -334,11 +334,10 @@ def test_any_json_object_parses_or_is_a_protocol_error(kind: str, fields: dict) 
         pass
 
 
-def test_the_longest_utterance_is_the_one_a_pipeline_sends(tiny_bundle: Path) -> None:
-    """A pipeline cuts utterances within the protocol's bound. The tiny bundle (50 Hz,
-    segments of >= 1 token) allows one segment per token of 30 s (and the edge's)."""
-    from edgetok import pipeline
+def test_the_longest_utterance_bounds_its_segments(tiny_bundle: Path) -> None:
+    """The tiny bundle (50 Hz, segments of >= 1 token) allows one segment per token of the
+    longest utterance (30 s, which a pipeline cuts speech at) and the edge's."""
     from edgetok.bundle import load_bundle
 
-    assert pipeline.MAX_UTTERANCE_S <= MAX_UTTERANCE_S
+    assert MAX_UTTERANCE_S == 30
     assert max_utterance_segments(load_bundle(tiny_bundle)) == 30 * 50 + 1
