@@ -595,9 +595,9 @@ def model_bytes(bundle: Bundle) -> dict[str, int]:
         size = path.stat().st_size
         if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
             size += path.with_suffix(".bin").stat().st_size
-        if entry.ships_external:
-            external = path.parent / entry.external_file
-            size += external.stat().st_size if external.is_file() else 0
+        external = bundle.external_path_of(role)
+        if entry.ships_external and external is not None and external.is_file():
+            size += external.stat().st_size
         sizes[role] = size
     codebook = bundle.codebook_path
     sizes["codebook"] = codebook.stat().st_size if codebook.is_file() else 0

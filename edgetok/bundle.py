@@ -537,6 +537,12 @@ class Bundle:
         """Path of the model file for ``role``."""
         return self._root() / self._entry(role).file
 
+    def external_path_of(self, role: str) -> Path | None:
+        """Path of ``role``'s ONNX external data (shipped, or rebuilt on ``open``); None
+        for a model without."""
+        file = self._entry(role).external_file
+        return None if file is None else self._root() / file
+
     def open(
         self, role: str, *, backend: str | None = None, options: SessionOptions | None = None
     ) -> Session:

@@ -140,8 +140,8 @@ def _carry(source: Bundle, role: str, out_dir: Path) -> None:
     absent one with an ``external_source`` is rebuilt when the built bundle opens it)."""
     entry = source.models[role]
     shutil.copy(source.path_of(role), out_dir / entry.file)
-    if entry.external_file is not None:
-        external = source.manifest_path.parent / entry.external_file
+    external = source.external_path_of(role)
+    if external is not None:
         if external.is_file():
             shutil.copy(external, out_dir / entry.external_file)
         elif entry.ships_external:

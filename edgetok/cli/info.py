@@ -50,8 +50,8 @@ def _files(bundle: Bundle) -> dict[str, dict[str, Any]]:
     for role, entry in bundle.models.items():
         path = bundle.path_of(role)
         files[role] = {"file": entry.file, "bytes": path.stat().st_size, "params": _params(path)}
-        if entry.external_file is not None:
-            external = path.parent / entry.external_file
+        external = bundle.external_path_of(role)
+        if external is not None:
             size = external.stat().st_size if external.is_file() else None
             files[role]["external"] = {
                 "file": entry.external_file,
