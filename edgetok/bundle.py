@@ -12,6 +12,8 @@ and an unknown key is an error that names it and its table::
                         min_len, max_len (tokens), target_hz
     [text]              optional (v2): vocabulary_file, vocabulary_sha256, the server
                         decoder's BPE vocabulary (``edgetok.bpe``)
+    [segment_codes]     optional: file, sha256, stages (M), size (K): the residual VQ
+                        codebooks float32 [M, K, D] of wire v2 (``edgetok.segment_codes``)
     [models.<role>]     one per role in MODEL_ROLES (at least one):
                         file, backend, precision, sha256, inputs, outputs; inputs and
                         outputs are lists of {name, dtype, shape}, a dynamic dimension a
@@ -61,6 +63,7 @@ __all__ = [
     "BundleMeta",
     "FrontendSection",
     "ModelEntry",
+    "SegmentCodesSection",
     "SegmenterSection",
     "TextSection",
     "TokensSection",
@@ -95,7 +98,7 @@ MODEL_ROLES: Final = (
 V1_ROLES: Final = MODEL_ROLES[:4]
 
 _REQUIRED_TABLES: Final = ("bundle", "audio", "frontend", "tokens", "segmenter", "models")
-_OPTIONAL_TABLES: Final = ("text",)
+_OPTIONAL_TABLES: Final = ("text", "segment_codes")
 _FREE_FORM_TABLES: Final = ("training", "eval")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -286,6 +289,29 @@ class TextSection(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SegmentCodesSection(_Section):
+    """``[segment_codes]``: the wire's residual VQ codebooks (protocol v2)."""
+
+    SECTION: ClassVar[str] = "segment_codes"
+    file: str
+    """float32 [stages, size, D] ``.npy`` (``edgetok.segment_codes.SegmentCodes``)."""
+    sha256: str
+    stages: int
+    size: int
+
+    def _validate(self, section: str) -> None:
+        self._relative_file(section, "file")
+        self._sha256(section, "sha256")
+        self._positive(section, "stages", "size")
+        self._require(
+            self.size >= 2 and self.size & (self.size - 1) == 0 and self.size <= 65536,
+            section,
+            "size",
+            f"{self.size} is not a power of two in 2..65536",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SegmenterSection(_Section):
     """``[segmenter]``: entropy segmentation; a threshold left out is a rule not used."""
 
@@ -442,6 +468,7 @@ class Bundle:
     models: dict[str, ModelEntry]
     """Role (from ``MODEL_ROLES``) -> model, in pipeline order."""
     text: TextSection | None = None
+    segment_codes: SegmentCodesSection | None = None
     training: dict[str, Any] = field(default_factory=dict)
     """Free-form: how the models were trained (corpus, steps, ...)."""
     eval: dict[str, Any] = field(default_factory=dict)
@@ -488,6 +515,11 @@ class Bundle:
                 if role in models
             },
             text=TextSection.from_dict(data["text"]) if "text" in data else None,
+            segment_codes=(
+                SegmentCodesSection.from_dict(data["segment_codes"])
+                if "segment_codes" in data
+                else None
+            ),
             training=_free_form(data.get("training", {}), "training"),
             eval=_free_form(data.get("eval", {}), "eval"),
         )
@@ -510,6 +542,8 @@ class Bundle:
         }
         if self.text is not None:
             data["text"] = self.text.to_dict()
+        if self.segment_codes is not None:
+            data["segment_codes"] = self.segment_codes.to_dict()
         if self.training:
             data["training"] = self.training
         if self.eval:
@@ -532,6 +566,13 @@ class Bundle:
         if self.text is None:
             raise BundleError(f"bundle {self.meta.name!r} has no [text] vocabulary")
         return self._root() / self.text.vocabulary_file
+
+    @property
+    def segment_codes_path(self) -> Path:
+        """Path of the wire's codebooks (``[segment_codes]``)."""
+        if self.segment_codes is None:
+            raise BundleError(f"bundle {self.meta.name!r} has no [segment_codes]")
+        return self._root() / self.segment_codes.file
 
     def path_of(self, role: str) -> Path:
         """Path of the model file for ``role``."""
@@ -685,6 +726,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                 text.vocabulary_sha256,
             )
         )
+    if bundle.segment_codes is not None:
+        codes = bundle.segment_codes
+        files.append(("segment_codes", "file", "sha256", codes.file, codes.sha256))
     for section, file_key, hash_key, name, expected in files:
         file_path = manifest.parent / name
         if not file_path.is_file():
@@ -699,7 +743,33 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                     f"manifest says {expected}"
                 )
     _check_codebook(bundle, manifest)
+    if bundle.segment_codes is not None:
+        _check_segment_codes(bundle, manifest)
     return bundle
+
+
+def _check_segment_codes(bundle: Bundle, manifest: Path) -> None:
+    """The wire codebooks are float32 [stages, size, D] as declared, D the aggregator's."""
+    codes = bundle.segment_codes
+    assert codes is not None
+    where = f"{manifest} [segment_codes] file"
+    try:
+        books = np.load(bundle.segment_codes_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{where}: {codes.file} is not a readable .npy file ({exc})") from None
+    expected = (codes.stages, codes.size)
+    if books.dtype != np.float32 or books.ndim != 3 or books.shape[:2] != expected:
+        raise BundleError(
+            f"{where}: {codes.file} is {books.dtype} {list(books.shape)}, expected float32 "
+            f"[{codes.stages}, {codes.size}, D]"
+        )
+    aggregator = bundle.models.get("aggregator")
+    vectors = [s for s in aggregator.outputs if s.name == "vectors"] if aggregator else []
+    if vectors and books.shape[2] != vectors[0].shape[-1]:
+        raise BundleError(
+            f"{where}: {codes.file} has D = {books.shape[2]}, the aggregator's vectors "
+            f"{vectors[0].shape[-1]}"
+        )
 
 
 def _check_codebook(bundle: Bundle, manifest: Path) -> None:
