@@ -15,7 +15,14 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["DEFAULT_BEAM", "DEFAULT_LENGTH_PENALTY", "Scorer", "beam_search", "log_softmax"]
+__all__ = [
+    "DEFAULT_BEAM",
+    "DEFAULT_LENGTH_PENALTY",
+    "Beam",
+    "Scorer",
+    "beam_search",
+    "log_softmax",
+]
 
 #: The beam width and length penalty edgetok decodes with unless told otherwise, chosen on
 #: 60 dev utterances (first-pass default bundle, WER/CER): greedy 100.8/61.0 %; beam 4
@@ -47,42 +54,81 @@ def _normalised(logp: float, length: int, length_penalty: float) -> float:
     return float(logp) / (length + 1) ** length_penalty
 
 
-def beam_search(
-    scorer: Scorer, *, eos: int, beam: int, max_chars: int, length_penalty: float = 1.0
-) -> list[int]:
-    """The best hypothesis (ids without EOS) of a beam search of width ``beam``."""
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
-    if max_chars == 0:
-        return []
-    logp = scorer.start()
-    hypotheses: list[list[int]] = [[]]
-    scores = np.zeros(1)
-    finished: list[tuple[float, list[int]]] = []
-    for length in range(max_chars):  # characters in each live hypothesis
-        total = scores[:, None] + logp
+def _ranked(total: np.ndarray, count: int) -> np.ndarray:
+    """The flat indices of ``total``'s ``count`` largest entries (and any tied with the
+    last), best first, ties by index: the prefix of a stable argsort of ``-total``."""
+    flat = total.ravel()
+    if count < flat.size:
+        threshold = np.partition(flat, flat.size - count)[flat.size - count]
+        candidates = np.flatnonzero(flat >= threshold)
+    else:
+        candidates = np.arange(flat.size)
+    return candidates[np.argsort(-flat[candidates], kind="stable")]
+
+
+class Beam:
+    """One beam search advanced a step at a time: ``advance`` takes the log-probabilities
+    of the live hypotheses' next character and says which hypotheses to score next, so a
+    caller can score many searches' hypotheses in one batch."""
+
+    def __init__(self, *, eos: int, beam: int, max_chars: int, length_penalty: float = 1.0) -> None:
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        self.eos, self.beam, self.max_chars = eos, beam, max_chars
+        self.length_penalty = length_penalty
+        self.hypotheses: list[list[int]] = [[]]
+        self.scores = np.zeros(1)
+        self.finished: list[tuple[float, list[int]]] = []
+        self.length = 0
+        """Characters in each live hypothesis."""
+        self.done = max_chars == 0
+
+    def advance(self, logp: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Extend the live hypotheses by ``logp`` [live, V]; returns (parents, ids) of the
+        hypotheses to score next (as ``Scorer.extend`` takes them), or None once done."""
+        total = self.scores[:, None] + logp
         parents, ids, kept = [], [], []
-        for flat in np.argsort(-total, axis=None, kind="stable"):
+        for flat in _ranked(total, 2 * self.beam):
             row, char = divmod(int(flat), total.shape[1])
-            if char == eos:
-                finished.append(
-                    (_normalised(total[row, char], length, length_penalty), hypotheses[row])
-                )
+            if char == self.eos:
+                score = _normalised(total[row, char], self.length, self.length_penalty)
+                self.finished.append((score, self.hypotheses[row]))
             else:
                 parents.append(row)
                 ids.append(char)
                 kept.append(total[row, char])
-            if len(ids) == beam or len(finished) >= beam:
+            if len(ids) == self.beam or len(self.finished) >= self.beam:
                 break
-        if len(finished) >= beam or not ids:
-            break
-        hypotheses = [[*hypotheses[p], i] for p, i in zip(parents, ids, strict=True)]
-        scores = np.array(kept)
-        if length + 1 == max_chars:  # the longest allowed: they end here, with no EOS
-            finished += [
-                (_normalised(score, max_chars, length_penalty), hypothesis)
-                for score, hypothesis in zip(scores, hypotheses, strict=True)
+        if len(self.finished) >= self.beam or not ids:
+            self.done = True
+            return None
+        self.hypotheses = [[*self.hypotheses[p], i] for p, i in zip(parents, ids, strict=True)]
+        self.scores = np.array(kept)
+        self.length += 1
+        if self.length == self.max_chars:  # the longest allowed: they end here, with no EOS
+            self.finished += [
+                (_normalised(score, self.max_chars, self.length_penalty), hypothesis)
+                for score, hypothesis in zip(self.scores, self.hypotheses, strict=True)
             ]
-            break
-        logp = scorer.extend(np.array(parents), np.array(ids, dtype=np.int64))
-    return max(finished, key=lambda item: item[0])[1]
+            self.done = True
+            return None
+        return np.array(parents), np.array(ids, dtype=np.int64)
+
+    def best(self) -> list[int]:
+        """The best finished hypothesis (ids without EOS)."""
+        if self.max_chars == 0:
+            return []
+        return max(self.finished, key=lambda item: item[0])[1]
+
+
+def beam_search(
+    scorer: Scorer, *, eos: int, beam: int, max_chars: int, length_penalty: float = 1.0
+) -> list[int]:
+    """The best hypothesis (ids without EOS) of a beam search of width ``beam``."""
+    search = Beam(eos=eos, beam=beam, max_chars=max_chars, length_penalty=length_penalty)
+    if search.done:
+        return []
+    step = search.advance(scorer.start())
+    while step is not None:
+        step = search.advance(scorer.extend(*step))
+    return search.best()

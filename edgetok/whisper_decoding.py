@@ -2,29 +2,38 @@
 Whisper decoder's two graphs (``edgetok.train.export.export_whisper_decoder``) and beam
 search over its BPE tokens.
 
-``context`` runs once per utterance and gives every layer's cross-attention keys and
-values; ``step`` runs the prompt on an empty self-attention cache, then one token per
-hypothesis, the hypotheses as its batch. Special tokens other than end-of-text are never
-chosen. Torch-free: the server needs only a runtime and the vocabulary file.
+``context`` runs once per batch of utterances and gives every layer's cross-attention
+keys and values; ``step`` runs the prompt on an empty self-attention cache, then one token
+per hypothesis, the hypotheses of every utterance in the batch as its batch: the
+utterances' beam searches go in lockstep, so their caches have one length. Utterances of
+different segment counts share a step only through a graph with a ``cross_mask`` input
+(``edgetok.masked_step``); without one, each segment count is its own lockstep group.
+One utterance is a batch of one. Special tokens other than end-of-text are never chosen.
+Torch-free: the server needs only a runtime and the vocabulary file.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgetok.beam import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY, beam_search, log_softmax
+from edgetok.beam import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY, Beam, log_softmax
 from edgetok.bpe import BpeVocabulary
 from edgetok.bundle import Bundle
 from edgetok.runtime import Session, SessionOptions
 
 __all__ = ["WhisperDecoderStage"]
 
+#: The step graph input (``edgetok.masked_step``) added to cross-attention scores [B, S]:
+#: 0 for a segment, a large negative number for padding.
+CROSS_MASK = "cross_mask"
+_PADDING = -1e9
+
 #: Whisper tiny.en's prompt: <|startoftranscript|> <|notimestamps|>.
 TINY_EN_PROMPT = (50257, 50362)
 
 
 class WhisperDecoderStage:
-    """Segment vectors float32 [S, D] -> text."""
+    """Segment vectors float32 [S, D] -> text, one utterance or a batch of them."""
 
     def __init__(
         self,
@@ -47,6 +56,8 @@ class WhisperDecoderStage:
         self.context, self.step, self.vocab = context, step, vocab
         self.prompt = np.array([prompt], dtype=np.int64)
         self.beam, self.length_penalty, self.max_tokens = beam, length_penalty, max_tokens
+        self.masked = any(spec.name == CROSS_MASK for spec in step.inputs)
+        """Whether ``step`` takes a ``cross_mask``: utterances of any lengths batch."""
 
     @classmethod
     def from_bundle(
@@ -61,53 +72,105 @@ class WhisperDecoderStage:
         )
 
     def __call__(self, vectors: np.ndarray) -> str:
-        if vectors.ndim != 2:
-            raise ValueError(f"segment vectors must be [S, D], got shape {vectors.shape}")
-        if vectors.shape[0] == 0:
-            return ""
-        cross = self.context.run({"vectors": np.ascontiguousarray(vectors[None], np.float32)})
-        scorer = _StepScorer(self, cross["cross_keys"], cross["cross_values"])
-        limit = min(self.max_tokens, 4 * vectors.shape[0] + 20)
-        ids = beam_search(
-            scorer,
-            eos=self.vocab.eot,
-            beam=self.beam,
-            max_chars=limit,
-            length_penalty=self.length_penalty,
-        )
-        return self.vocab.decode(ids)
+        return self.decode_batch([vectors])[0]
+
+    def decode_batch(self, batch: list[np.ndarray]) -> list[str]:
+        """The text of each utterance's segment vectors [S, D], decoded together."""
+        for vectors in batch:
+            if vectors.ndim != 2:
+                raise ValueError(f"segment vectors must be [S, D], got shape {vectors.shape}")
+        texts = [""] * len(batch)
+        groups: dict[int, list[int]] = {}
+        for i, vectors in enumerate(batch):
+            if len(vectors):
+                groups.setdefault(0 if self.masked else len(vectors), []).append(i)
+        for members in groups.values():
+            found = _Lockstep(self, [batch[i] for i in members]).run()
+            for i, ids in zip(members, found, strict=True):
+                texts[i] = self.vocab.decode(ids)
+        return texts
 
 
-class _StepScorer:
-    """Next-token log-probabilities from the step graph with its self-attention cache."""
+class _Lockstep:
+    """The beam searches of a batch of utterances, their hypotheses scored in one step run."""
 
-    def __init__(self, stage: WhisperDecoderStage, cross_k: np.ndarray, cross_v: np.ndarray):
+    def __init__(self, stage: WhisperDecoderStage, batch: list[np.ndarray]) -> None:
         self.stage = stage
-        self.cross_k, self.cross_v = cross_k, cross_v
+        lengths = np.array([len(vectors) for vectors in batch])
+        padded = np.zeros((len(batch), lengths.max(), batch[0].shape[1]), np.float32)
+        for i, vectors in enumerate(batch):
+            padded[i, : len(vectors)] = vectors
+        cross = stage.context.run({"vectors": padded})
+        self.cross_k, self.cross_v = cross["cross_keys"], cross["cross_values"]
+        self.mask = np.where(np.arange(padded.shape[1]) < lengths[:, None], 0, _PADDING)
+        self.mask = self.mask.astype(np.float32)
+        self.searches = [
+            Beam(
+                eos=stage.vocab.eot,
+                beam=stage.beam,
+                max_chars=min(stage.max_tokens, 4 * int(n) + 20),
+                length_penalty=stage.length_penalty,
+            )
+            for n in lengths
+        ]
+        self._rows_of: tuple[int, ...] = ()
+        self._cross: dict[str, np.ndarray] = {}
         self.keys = self.values = stage._empty
+        """The self-attention caches of the last step's rows."""
 
-    def _run(self, text: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        batch = text.shape[0]
-        out = self.stage.step.run(
-            {
-                "text": text,
-                "cross_keys": np.ascontiguousarray(np.repeat(self.cross_k, batch, axis=1)),
-                "cross_values": np.ascontiguousarray(np.repeat(self.cross_v, batch, axis=1)),
-                "past_keys": keys,
-                "past_values": values,
+    def _cross_feeds(self, owners: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Cross-attention inputs for rows owned by utterances ``owners`` (kept while the
+        owners stay the same, which is most steps)."""
+        if owners != self._rows_of:
+            index = np.array(owners)
+            self._cross = {
+                "cross_keys": np.take(self.cross_k, index, axis=1),
+                "cross_values": np.take(self.cross_v, index, axis=1),
             }
+            if self.stage.masked:
+                self._cross[CROSS_MASK] = self.mask[index]
+            self._rows_of = owners
+        return self._cross
+
+    def _step(
+        self, text: np.ndarray, owners: tuple[int, ...], keys: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        out = self.stage.step.run(
+            {"text": text, **self._cross_feeds(owners), "past_keys": keys, "past_values": values}
         )
         self.keys, self.values = out["keys"], out["values"]
         logp = log_softmax(out["logits"][:, -1])
         logp[:, self.stage.vocab.eot + 1 :] = -np.inf  # no special tokens but the end
         return logp
 
-    def start(self) -> np.ndarray:
-        return self._run(self.stage.prompt, self.keys, self.values)
-
-    def extend(self, parents: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return self._run(
-            ids[:, None].astype(np.int64),
-            np.ascontiguousarray(self.keys[:, parents]),
-            np.ascontiguousarray(self.values[:, parents]),
-        )
+    def run(self) -> list[list[int]]:
+        """Every utterance's best token ids."""
+        live = [i for i, search in enumerate(self.searches) if not search.done]
+        empty = np.repeat(self.stage._empty, len(live), axis=1)
+        prompt = np.repeat(self.stage.prompt, len(live), axis=0)
+        logp = self._step(prompt, tuple(live), empty, empty)
+        first = {i: logp[row : row + 1] for row, i in enumerate(live)}
+        starts = {i: row for row, i in enumerate(live)}
+        pending = {i: self.searches[i].advance(first[i]) for i in live}
+        while any(step is not None for step in pending.values()):
+            rows, ids, owners, spans = [], [], [], {}
+            for i, step in pending.items():
+                if step is None:
+                    continue
+                parents, next_ids = step
+                spans[i] = (len(ids), len(ids) + len(next_ids))
+                rows.extend(starts[i] + parents)
+                ids.extend(next_ids)
+                owners.extend([i] * len(next_ids))
+            index = np.array(rows)
+            logp = self._step(
+                np.array(ids, dtype=np.int64)[:, None],
+                tuple(owners),
+                np.take(self.keys, index, axis=1),
+                np.take(self.values, index, axis=1),
+            )
+            starts = {i: begin for i, (begin, _) in spans.items()}
+            pending = {
+                i: self.searches[i].advance(logp[begin:end]) for i, (begin, end) in spans.items()
+            }
+        return [search.best() for search in self.searches]
