@@ -1,6 +1,6 @@
-"""The device process of a cold-start measurement: ``python -m bench.coldstart``.
+"""The device process of a cold-start measurement: ``python -m edgetok.bench.coldstart``.
 
-Started by ``bench.profile.cold_start`` with the wall-clock time of the spawn (``--t0``).
+Started by ``edgetok.bench.profile.cold_start`` with the wall-clock time of the spawn (``--t0``).
 It imports edgetok, loads the bundle's device models (tokenizer, entropy LM, aggregator:
 no decoder, that runs on the server) and the VAD, loads the segmenter's Numba kernels,
 tokenizes the first second of the audio (the *first token*), then streams the whole
@@ -57,8 +57,8 @@ def main() -> None:
     import json
     import os
 
-    from bench.profile import device_transcriber
     from edgetok.audio import FileSource, load_audio
+    from edgetok.bench.profile import device_transcriber
     from edgetok.bundle import load_bundle
     from edgetok.pipeline import Pipeline
     from edgetok.runtime import SessionOptions

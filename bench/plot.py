@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from bench.profile import DEVICE_STAGES
+from edgetok.bench.profile import DEVICE_STAGES
 
 __all__ = ["plot_report"]
 
@@ -36,7 +36,7 @@ def _label(name: str) -> str:
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write the PNG for ``report`` (``bench.profile.profile``'s dict) to ``path``."""
+    """Write the PNG for ``report`` (``edgetok.bench.profile.profile``'s dict) to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -22,8 +22,8 @@ Several configurations (target x backend x precision, each a built bundle) are o
 together, warmed up, then run in rounds, one run of each per round in a rotating order,
 so a machine shared with other work slows them alike and their ratios are measured in
 one run. ``report`` (see docs/bench.md for the schema) adds cold start and peak memory
-from a fresh process (``bench.coldstart``), model sizes, and MACs per second of audio
-with the fraction of this CPU's estimated peak (``bench.flops``, ``bench.machine``).
+from a fresh process (``edgetok.bench.coldstart``), model sizes, and MACs per second of audio
+with the fraction of this CPU's estimated peak (``edgetok.bench.flops``, ``edgetok.bench.machine``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from bench import machine as machine_info
+from edgetok.bench import machine as machine_info
 from edgetok.bundle import Bundle, BundleError, default_bundle_path, load_bundle
 from edgetok.runtime import SessionOptions, available_backends
 from edgetok.stages import bundle_compression
@@ -150,7 +150,7 @@ def _backend_reasons() -> dict[str, str | None]:
 
 def _failed_parity(path: Path) -> list[str]:
     """The parity thresholds a built bundle missed, from its ``parity.json``."""
-    from targets.build import PARITY_FILE, failed_checks
+    from edgetok.targets.build import PARITY_FILE, failed_checks
 
     report = path / PARITY_FILE
     if not report.is_file():
@@ -197,7 +197,7 @@ def find_configs(
     no build is one unavailable entry saying why (its runtimes missing, or not built).
     ``bundle`` replaces the search for the first target.
     """
-    from targets import load_profile, profile_names
+    from edgetok.targets import load_profile, profile_names
 
     reasons = _backend_reasons()
     configs: list[Config] = []
@@ -614,19 +614,17 @@ def cold_start(
     empty_cache: bool,
     timeout_s: float = COLD_START_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Spawn ``python -m bench.coldstart``: seconds from the spawn to its marks
+    """Spawn ``python -m edgetok.bench.coldstart``: seconds from the spawn to its marks
     (``first_token`` among them) and its peak RSS. ``empty_cache`` points
     ``NUMBA_CACHE_DIR`` at an empty directory, so the segmenter is compiled, not loaded."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # where ``bench`` is importable from
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="edgetok-numba-") as cache:
         if empty_cache:
             env["NUMBA_CACHE_DIR"] = cache
         command = [
             sys.executable,
             "-m",
-            "bench.coldstart",
+            "edgetok.bench.coldstart",
             "--bundle",
             str(bundle),
             "--audio",
@@ -652,7 +650,7 @@ _MAC_CACHE: dict[tuple[str, tuple[Any, ...]], Any] = {}
 
 
 def _macs(path: Path, feeds: dict[str, np.ndarray]) -> Any:
-    from bench.flops import count_macs
+    from edgetok.bench.flops import count_macs
 
     key = (str(path), tuple((k, v.shape) for k, v in sorted(feeds.items())))
     if key not in _MAC_CACHE:
@@ -684,9 +682,9 @@ def compute_rates(
     """MACs per second of speech of each device model (at the median utterance's shapes;
     the models run on the VAD's utterances only), the rate the measured stage time
     achieves, and its fraction of this CPU's peak for the threads used: ``gemm`` (ONNX
-    Runtime's own GEMM measured here, ``bench.flops.measure_gemm``) and the estimated
-    theoretical peak (``bench.machine.peak_per_core``)."""
-    from bench.flops import available
+    Runtime's own GEMM measured here, ``edgetok.bench.flops.measure_gemm``) and the estimated
+    theoretical peak (``edgetok.bench.machine.peak_per_core``)."""
+    from edgetok.bench.flops import available
 
     if not available():
         return {"available": False, "reason": "onnx is not installed (pip install onnx)"}
@@ -820,8 +818,8 @@ def profile(
                 p.close()
         gemm = None
         if flops and participants:
-            from bench.flops import available as onnx_available
-            from bench.flops import measure_gemm
+            from edgetok.bench.flops import available as onnx_available
+            from edgetok.bench.flops import measure_gemm
 
             if onnx_available():
                 progress("GEMM rate of this CPU (ONNX Runtime MatMul, MatMulInteger)")
@@ -898,7 +896,7 @@ def choose_clock(clock: str, machine: dict[str, Any]) -> tuple[str, str]:
 def _entry(config: Config) -> dict[str, Any]:
     budget = None
     if config.target != "default":
-        from targets import load_profile, profile_names
+        from edgetok.targets import load_profile, profile_names
 
         if config.target in profile_names():
             profile = load_profile(config.target)

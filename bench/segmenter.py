@@ -1,6 +1,6 @@
 """Segmenter throughput, streaming latency and first-call cost on one CPU core.
 
-Run: ``python -m bench.segmenter [--tokens 10000000] [--json]``. Not a test: it prints
+Run: ``python -m edgetok.bench.segmenter [--tokens 10000000] [--json]``. Not a test: it prints
 numbers and marks the targets (see TARGETS) as met or missed; the exit code is 0 either
 way. Pinned to one thread (NUMBA_NUM_THREADS=1) and to the first CPU this process may use.
 """

@@ -1,4 +1,4 @@
-"""The comparison suite: ``python -m bench.suite``.
+"""The comparison suite: ``python -m edgetok.bench.suite``.
 
 Benchmarks, in one interleaved run on the same audio, the shipped FP32 bundle and every
 target built under ``build/`` (edgetok INT8 vs FP32; ONNX Runtime vs OpenVINO vs LiteRT),
@@ -8,9 +8,9 @@ keeps the result (JSON with the machine description, the printed text, the plot)
 ``bench/results/<UTC time>-<cpu>.{json,txt,png}``.
 
 Run on a shared machine with ``nice -n 19`` (the clock is then the CPU clock, see
-``bench.profile``)::
+``edgetok.bench.profile``)::
 
-    OMP_NUM_THREADS=1 nice -n 19 python -m bench.suite --runs 5 --duration 10
+    OMP_NUM_THREADS=1 nice -n 19 python -m edgetok.bench.suite --runs 5 --duration 10
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Final
 
 import click
 
-from bench.profile import find_configs, profile
-from bench.table import format_report
+from edgetok.bench.profile import find_configs, profile
+from edgetok.bench.table import format_report
 
 __all__ = ["ALL_TARGETS", "RESULTS_DIR", "comparisons", "format_comparisons", "save"]
 
@@ -109,7 +109,7 @@ def save(report: dict[str, Any], text: str, results: Path, *, plot: bool = True)
     stem.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
     if plot:
         try:
-            from bench.plot import plot_report
+            from edgetok.bench.plot import plot_report
 
             plot_report(report, stem.with_suffix(".png"))
         except ImportError:
@@ -167,7 +167,7 @@ def main(
         pocketsphinx=True,
         cold=cold_start,
         clock=clock,
-        command=shlex.join(["python", "-m", "bench.suite", *sys.argv[1:]]),
+        command=shlex.join(["python", "-m", "edgetok.bench.suite", *sys.argv[1:]]),
         progress=lambda message: click.echo(message, err=True),
     )
     report["comparisons"] = comparisons(report)

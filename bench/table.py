@@ -1,12 +1,12 @@
-"""The terminal tables of a bench report (``edgetok bench``, ``python -m bench.suite``)."""
+"""The terminal tables of a bench report (``edgetok bench``, ``python -m edgetok.bench.suite``)."""
 
 from __future__ import annotations
 
 import textwrap
 from typing import Any
 
-from bench.machine import summary as machine_summary
-from bench.profile import DEVICE_STAGES, STAGES
+from edgetok.bench.machine import summary as machine_summary
+from edgetok.bench.profile import DEVICE_STAGES, STAGES
 
 __all__ = ["format_report"]
 

@@ -1,4 +1,6 @@
-"""Peak memory of ``edgetok transcribe`` against file length: ``python -m bench.transcribe_rss``.
+"""Peak memory of ``edgetok transcribe`` against file length.
+
+Run: ``python -m edgetok.bench.transcribe_rss``.
 
 Makes speech files of the given lengths by looping a WAV (default: the shipped bundle's
 sample.wav) with ``--gap`` seconds of silence after each pass, then runs

@@ -1,6 +1,6 @@
 """Segment codes study (issue 19): bytes/s against WER of residual-VQ segment codes.
 
-Run: ``python -m bench.wire_codes [--train-utts 800] [--test-utts 100] [--json]``.
+Run: ``python -m edgetok.bench.wire_codes [--train-utts 800] [--test-utts 100] [--json]``.
 
 1. The default bundle (or ``--bundle``) cuts utterances exactly as ``Transcriber`` does
    (tokenizer -> entropy LM -> the bundle's segmenter -> aggregator) and keeps one vector

@@ -7,8 +7,8 @@ into each model's inputs through the FP32 bundle, cached. Every quantizer reads 
 model's inputs. Build-time only: never imported by the device path.
 """
 
-from calibration.sets import CalibrationSet, Feeds, make_calibration
-from calibration.sources import Utterance, heldout_source, pick, read_source
+from edgetok.calibration.sets import CalibrationSet, Feeds, make_calibration
+from edgetok.calibration.sources import Utterance, heldout_source, pick, read_source
 
 __all__ = [
     "CalibrationSet",

@@ -23,8 +23,8 @@ from typing import Final
 
 import numpy as np
 
-from calibration.sources import Utterance
 from edgetok.bundle import Bundle
+from edgetok.calibration.sources import Utterance
 
 __all__ = ["CalibrationSet", "Feeds", "make_calibration"]
 

@@ -8,13 +8,14 @@ Without one, ``synthetic_source`` makes a small corpus with the machine's TTS vo
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
 import numpy as np
+
+from edgetok.manifest import Utterance, read_manifest
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -35,41 +36,21 @@ SYNTHETIC_CORPUS: Final = "calibration"
 SYNTHETIC_HOURS: Final = {"hours": 0.1, "dev_hours": 0.01, "test_hours": 0.06}
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """One audio file; ``text`` is None when the source has no transcripts."""
-
-    path: Path
-    voice: str
-    duration: float
-    text: str | None = None
-
-
 def _manifest(path: Path) -> list[Utterance]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows.append(
-                Utterance(
-                    path.parent / row["path"],
-                    str(row.get("voice", "")),
-                    float(row["duration"]),
-                    row.get("text"),
-                )
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} line {number}: not a manifest row ({exc!r})") from None
-    return rows
+    """A manifest's rows; a row without ``duration`` gets its audio file's."""
+    import soundfile as sf
+
+    return [
+        u if u.duration is not None else replace(u, duration=float(sf.info(u.path).duration))
+        for u in read_manifest(path, need_text=False)
+    ]
 
 
 def _directory(path: Path) -> list[Utterance]:
     import soundfile as sf
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    return [Utterance(p, p.parent.name, float(sf.info(p).duration)) for p in files]
+    return [Utterance(str(p), p, None, p.parent.name, float(sf.info(p).duration)) for p in files]
 
 
 def read_source(source: str | Path) -> list[Utterance]:

@@ -10,13 +10,11 @@ extra (jiwer; pocketsphinx for its reference system).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jiwer
@@ -24,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgetok.audio import load_audio
+from edgetok.manifest import Utterance, read_manifest
 from edgetok.stages import DecoderPack, Transcriber
 from edgetok.train.text import spell_int
 from edgetok.vocab import EOS, VOCAB
@@ -62,46 +61,6 @@ def normalize(text: str) -> str:
     text = "".join(_SYMBOLS.get(c, c) for c in text)
     kept = "".join(c if c in _KEEP else " " for c in text if not unicodedata.combining(c))
     return " ".join(kept.split())
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One manifest row: audio path (resolved), reference text, voice (or source)."""
-
-    id: str
-    path: Path
-    text: str
-    voice: str
-
-
-def read_manifest(path: str | Path, limit: int | None = None) -> list[Utterance]:
-    """The first ``limit`` (default all) rows of a JSONL manifest.
-
-    A row needs the audio (``path``, or NeMo's ``audio_filepath``; relative to the
-    manifest's directory) and ``text``; ``id`` defaults to the line number and ``voice``
-    to ``source`` or, failing that, the manifest's name."""
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                audio = row.get("path", row.get("audio_filepath"))
-                if not isinstance(audio, str) or not isinstance(row["text"], str):
-                    raise KeyError("path (or audio_filepath) and text must be strings")
-                voice = row.get("voice", row.get("source", path.stem))
-                rows.append(
-                    Utterance(
-                        str(row.get("id", number)), path.parent / audio, row["text"], str(voice)
-                    )
-                )
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path} line {number}: not a manifest row ({exc!r})") from None
-    return rows
 
 
 def error_counts(reference: str, hypothesis: str) -> tuple[int, int, int, int]:

@@ -83,10 +83,10 @@ KEEP_FLOAT: Final[dict[str, tuple[str, ...]]] = {
 FLOAT_OUTPUTS_OF: Final[dict[str, tuple[str, ...]]] = {"entropy_lm": ("logits",)}
 
 _QUANTIZERS: Final = {
-    "onnxruntime": "quantize.onnxruntime:OnnxRuntimeQuantizer",
-    "openvino": "quantize.openvino:OpenVinoQuantizer",
-    "litert": "quantize.litert:LiteRtQuantizer",
-    "tensorrt": "quantize.tensorrt:TensorRtQuantizer",
+    "onnxruntime": "edgetok.quantize.onnxruntime:OnnxRuntimeQuantizer",
+    "openvino": "edgetok.quantize.openvino:OpenVinoQuantizer",
+    "litert": "edgetok.quantize.litert:LiteRtQuantizer",
+    "tensorrt": "edgetok.quantize.tensorrt:TensorRtQuantizer",
 }
 
 

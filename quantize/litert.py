@@ -20,9 +20,9 @@ from torch import nn
 from torchao.quantization.pt2e import move_exported_model_to_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+from edgetok.quantize import is_kept
 from edgetok.train.windowed import window_inputs
 from edgetok.windows import SCHEMES, clip_inputs
-from quantize import is_kept
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from quantize import float_onnx_nodes, single_file
+from edgetok.quantize import float_onnx_nodes, single_file
 
 OP_TYPES = ["Conv", "MatMul", "Gemm"]
 

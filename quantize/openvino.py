@@ -39,7 +39,7 @@ from nncf.quantization.advanced_parameters import (
     AdvancedSmoothQuantParameters,
 )
 
-from quantize import float_onnx_nodes
+from edgetok.quantize import float_onnx_nodes
 
 #: NNCF presets that differ from ``PERFORMANCE``, per role (measured above).
 PRESETS: Final = {"entropy_lm": nncf.QuantizationPreset.MIXED}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from onnxruntime.quantization import QuantType
 
-from quantize.onnxruntime import OnnxRuntimeQuantizer
+from edgetok.quantize.onnxruntime import OnnxRuntimeQuantizer
 
 
 class TensorRtQuantizer(OnnxRuntimeQuantizer):

@@ -5,13 +5,13 @@ compiler checks its toolchain and that it can compile this bundle's models (a
 ``ToolchainError`` or ``BuildError`` before any work); with INT8, a calibration set is
 made from audio (cached under ``<out>/../.cache``); each device model
 (``edgetok.stages.device_roles``: tokenizer, entropy LM, aggregator, and a v1 bundle's
-character decoder) is compiled (with INT8, ``quantize.int8_roles`` quantized, the others
+character decoder) is compiled (with INT8, ``edgetok.quantize.int8_roles`` quantized, the others
 FP32); a v2 bundle's server decoder graphs (``SERVER_ROLES``) are carried over unchanged
 with their external data; the codebook, vocabulary and sample are copied;
 ``bundle.toml`` is written with the target, each model's backend and precision and
 hash; then the built bundle is compared with the FP32 source on held-out audio
-(``targets.parity``), the tokenizer timed against the FP32 ONNX on the same backend
-(``targets.latency``), and the report stored as ``parity.json`` and as a summary in
+(``edgetok.targets.parity``), the tokenizer timed against the FP32 ONNX on the same backend
+(``edgetok.targets.latency``), and the report stored as ``parity.json`` and as a summary in
 ``bundle.toml``'s ``[eval.parity]``.
 """
 
@@ -25,8 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from calibration import CalibrationSet, Utterance, heldout_source, make_calibration, pick
-from calibration import read_source as read_audio_source
 from edgetok.bundle import (
     MANIFEST_NAME,
     Bundle,
@@ -35,11 +33,13 @@ from edgetok.bundle import (
     sha256_file,
     write_bundle,
 )
+from edgetok.calibration import CalibrationSet, Utterance, heldout_source, make_calibration, pick
+from edgetok.calibration import read_source as read_audio_source
+from edgetok.quantize import int8_roles
 from edgetok.runtime import SessionOptions
 from edgetok.stages import SERVER_ROLES, device_roles
-from quantize import int8_roles
-from targets import load_profile
-from targets.compilers import ToolchainError, get_compiler
+from edgetok.targets import load_profile
+from edgetok.targets.compilers import ToolchainError, get_compiler
 
 __all__ = ["BuildError", "BuildResult", "build", "default_calibration_source"]
 
@@ -93,7 +93,7 @@ def _audio(
     for INT8, held-out audio is taken where there is some."""
     calib = calib or default_calibration_source(source)
     if calib is None and int8:
-        from calibration.sources import synthetic_source
+        from edgetok.calibration.sources import synthetic_source
 
         try:
             calib = synthetic_source()
@@ -185,7 +185,7 @@ def _latency(source: Bundle, built: Bundle, held: list[Utterance]) -> dict[str, 
     from edgetok.audio import load_audio
     from edgetok.frontend import log_mel
     from edgetok.stages import frontend_config
-    from targets.latency import tokenizer_latency
+    from edgetok.targets.latency import tokenizer_latency
 
     if held:
         audio = np.concatenate([load_audio(u.path, source.audio.sample_rate) for u in held[:4]])
@@ -288,7 +288,7 @@ def build(
         "calibration_utterances": len(chosen) if int8 else 0,
     }
     if held:
-        from targets.parity import checks, measure
+        from edgetok.targets.parity import checks, measure
 
         def tick(done: int, total: int) -> None:
             if done % 5 == 0 or done == total:

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from calibration.sources import Utterance
 from edgetok.beam import DEFAULT_BEAM
 from edgetok.bundle import Bundle
+from edgetok.calibration.sources import Utterance
 from edgetok.runtime import SessionOptions
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """bench.attack at reduced size: each attack of issue 18 against a real ``edgetok serve``
 (the tiny bundle) on loopback, with the stock client and raw websockets. Assertions are
 on counts, bytes and outcomes, never on speed (the full-size figures come from
-``python -m bench.attack``)."""
+``python -m edgetok.bench.attack``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.attack import attacks
-from bench.attack.payloads import Payloads
+from edgetok.bench.attack import attacks
+from edgetok.bench.attack.payloads import Payloads
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from bench import machine
-from bench.flops import count_macs
-from bench.profile import (
+from edgetok.audio import load_audio
+from edgetok.bench import machine
+from edgetok.bench.flops import count_macs
+from edgetok.bench.profile import (
     DEVICE_STAGES,
     SCHEMA,
     STAGES,
@@ -33,8 +34,7 @@ from bench.profile import (
     profile,
     ratios,
 )
-from bench.table import format_report
-from edgetok.audio import load_audio
+from edgetok.bench.table import format_report
 from edgetok.bundle import load_bundle
 from edgetok.cli import main
 from edgetok.runtime import available_backends
@@ -226,7 +226,7 @@ def test_table_and_plot(report: dict[str, Any], tmp_path: Path) -> None:
         assert label in text
     assert report["configs"][0]["name"] in text
     pytest.importorskip("matplotlib")
-    from bench.plot import plot_report
+    from edgetok.bench.plot import plot_report
 
     path = plot_report(report, tmp_path / "bench.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""``python -m bench.suite``: the comparison run with pocketsphinx, and the kept results."""
+"""``python -m edgetok.bench.suite``: the comparison run with pocketsphinx, and the kept results."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from bench.suite import comparisons, format_comparisons, main
 from edgetok.audio import load_audio
+from edgetok.bench.suite import comparisons, format_comparisons, main
 
 
 def _config(backend: str, precision: str, rtf: float, stage_ms: float) -> dict:
@@ -91,4 +91,4 @@ def test_suite_runs_targets_with_pocketsphinx_and_keeps_results(
     ratio = report["comparisons"]["pocketsphinx"]["x86-cpu/onnxruntime/fp32"]
     assert np.isfinite(ratio) and ratio > 0
     text = report_path.with_suffix(".txt").read_text()
-    assert text.startswith("$ python -m bench.suite")
+    assert text.startswith("$ python -m edgetok.bench.suite")

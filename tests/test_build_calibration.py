@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from fixtures import build_fixtures
 
-from calibration import (
+from edgetok.bundle import load_bundle
+from edgetok.calibration import (
     CalibrationSet,
     Utterance,
     heldout_source,
@@ -17,14 +18,13 @@ from calibration import (
     pick,
     read_source,
 )
-from edgetok.bundle import load_bundle
 
 speech_corpus = build_fixtures.speech_corpus
 
 
 def _utterances(n_voices: int, per_voice: int) -> list[Utterance]:
     return [
-        Utterance(Path(f"/a/{v}/{i}.wav"), f"voice{v}", 1.0 + i)
+        Utterance(f"{v}-{i}", Path(f"/a/{v}/{i}.wav"), None, f"voice{v}", 1.0 + i)
         for v in range(n_voices)
         for i in range(per_voice)
     ]
@@ -47,7 +47,7 @@ def test_sources(tmp_path: Path) -> None:
     )
     (tmp_path / "test.jsonl").write_text("")
     rows = read_source(tmp_path / "a.jsonl")
-    assert rows == [Utterance(tmp_path / "x.wav", "v", 2.0, "hi")]
+    assert rows == [Utterance("1", tmp_path / "x.wav", "hi", "v", 2.0)]
     assert heldout_source(tmp_path / "a.jsonl") == tmp_path / "test.jsonl"
     assert heldout_source(tmp_path / "test.jsonl") is None
     (tmp_path / "bad.jsonl").write_text("{}\n")
@@ -104,7 +104,7 @@ def test_a_user_without_a_corpus_gets_synthetic_calibration_audio(
     for calibration and held-out voices for parity."""
     import shutil
 
-    from calibration.sources import heldout_source, read_source, synthetic_source
+    from edgetok.calibration.sources import heldout_source, read_source, synthetic_source
 
     if not (shutil.which("espeak-ng") and shutil.which("flite")):
         pytest.skip("espeak-ng and flite are needed (apt install espeak-ng flite)")

@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch", reason="rebuilding models needs the train e
 onnx = pytest.importorskip("onnx")
 
 from edgetok.bundle import V1_ROLES  # noqa: E402
+from edgetok.quantize import float_onnx_nodes, get_quantizer  # noqa: E402
 from edgetok.runtime import open_session  # noqa: E402
 from edgetok.train.from_onnx import example_inputs, rebuild  # noqa: E402
-from quantize import float_onnx_nodes, get_quantizer  # noqa: E402
 
 exported_bundle = build_fixtures.exported_bundle
 

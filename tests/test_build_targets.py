@@ -17,7 +17,7 @@ from fixtures import build_fixtures
 from edgetok.bundle import V1_ROLES, load_bundle
 from edgetok.cli import main
 from edgetok.protocol import wire_identity
-from quantize import INT8_ROLES
+from edgetok.quantize import INT8_ROLES
 
 pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
 
@@ -78,7 +78,7 @@ def test_onnxruntime_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_
 def test_fp32_build_has_exact_parity(
     exported_bundle: Path, speech_corpus: Path, tmp_path: Path
 ) -> None:
-    from targets.build import build
+    from edgetok.targets.build import build
 
     result = build(
         exported_bundle,
@@ -193,9 +193,9 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(
 def test_fp32_reference_is_cached(
     tiny_bundle: Path, speech_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from calibration import read_source
+    from edgetok.calibration import read_source
     from edgetok.stages import Transcriber
-    from targets.parity import measure
+    from edgetok.targets.parity import measure
 
     bundle = load_bundle(tiny_bundle)
     held = read_source(speech_dir)
@@ -211,7 +211,7 @@ def test_fp32_reference_is_cached(
 
 
 def test_replaces_an_unfinished_build(tmp_path: Path) -> None:
-    from targets.build import BUILD_MARKER, _prepare
+    from edgetok.targets.build import BUILD_MARKER, _prepare
 
     out = tmp_path / "out"
     _prepare(out)

@@ -62,7 +62,8 @@ def v2_bundle() -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A corpus directory of espeak-ng speech with transcripts: train.jsonl (the
-    calibration audio) and test.jsonl (held out), as ``calibration.read_source`` reads it."""
+    calibration audio) and test.jsonl (held out), as ``edgetok.calibration.read_source``
+    reads it."""
     path = tmp_path_factory.mktemp("v2-speech")
     (path / "audio").mkdir()
     for split, sentences in (("train", CALIBRATION), ("test", HELDOUT)):
@@ -83,7 +84,7 @@ def build(corpus: Path, v2_bundle: Path, tmp_path_factory: pytest.TempPathFactor
     corpus (parity on its test split) into ``<tmp>/name``, run once per name: (exit
     code, output, directory). Builds share one parity cache, as targets built from one
     bundle do."""
-    from targets import latency
+    from edgetok.targets import latency
 
     root = tmp_path_factory.mktemp("v2-builds")
     timed = latency.tokenizer_latency
@@ -188,7 +189,7 @@ def test_fp32_build_has_exact_parity(build: Build, v2_bundle: Path) -> None:
 def test_calibration_feeds(corpus: Path, v2_bundle: Path, tmp_path: Path) -> None:
     """The device models' inputs from the FP32 pipeline: the aggregator's are the
     tokenizer's encoder frames cut into segments; no decoder feeds."""
-    from calibration import make_calibration, pick, read_source
+    from edgetok.calibration import make_calibration, pick, read_source
 
     bundle = load_bundle(v2_bundle)
     made = make_calibration(bundle, pick(read_source(corpus), 3), tmp_path)
@@ -210,8 +211,8 @@ def test_calibration_feeds(corpus: Path, v2_bundle: Path, tmp_path: Path) -> Non
 
 def test_litert_cannot_build_v2(v2_bundle: Path, tmp_path: Path) -> None:
     """Before any toolchain check or work: one message naming why."""
-    from targets.build import BuildError
-    from targets.build import build as build_target
+    from edgetok.targets.build import BuildError
+    from edgetok.targets.build import build as build_target
 
     with pytest.raises(BuildError, match=r"litert cannot build .*v2's Whisper-encoder tokenizer"):
         build_target(v2_bundle, "android", tmp_path / "android", progress=lambda _: None)
@@ -221,7 +222,7 @@ def test_litert_cannot_build_v2(v2_bundle: Path, tmp_path: Path) -> None:
 def test_tensorrt_profile_covers_the_frames(v2_bundle: Path) -> None:
     """The TensorRT engine's shapes (no GPU here: the ONNX side only): the aggregator's
     frames from 1 to 1024 segments of exactly max_len frames."""
-    from targets.compilers.tensorrt import profile_shapes
+    from edgetok.targets.compilers.tensorrt import profile_shapes
 
     bundle = load_bundle(v2_bundle)
     shapes = profile_shapes(bundle.models["aggregator"], "aggregator", bundle.segmenter.max_len)

@@ -1,11 +1,11 @@
 """``edgetok transcribe`` on long files: memory flat in file length, measured as
-``bench.transcribe_rss`` measures it (the peak RSS of a child process)."""
+``edgetok.bench.transcribe_rss`` measures it (the peak RSS of a child process)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.transcribe_rss import make_speech, measure
+from edgetok.bench.transcribe_rss import make_speech, measure
 
 
 def test_peak_memory_is_flat_in_file_length(

@@ -97,7 +97,8 @@ def manifest(speech_dir: Path, tmp_path: Path) -> Path:
 
 def test_read_manifest(manifest: Path) -> None:
     rows = read_manifest(manifest)
-    assert rows[0] == Utterance("u0", manifest.parent / "audio/hello.wav", "hello world", "us")
+    first = Utterance("u0", manifest.parent / "audio/hello.wav", "hello world", "us", 1.0)
+    assert rows[0] == first
     assert [row.voice for row in rows] == ["us", "gb", "us"]
     assert [row.id for row in read_manifest(manifest, limit=2)] == ["u0", "u1"]
 
@@ -122,6 +123,11 @@ def test_read_manifest_needs_only_path_and_text(tmp_path: Path) -> None:
     path.write_text('{"path": 3, "text": "x"}\n')
     with pytest.raises(ValueError, match="line 1: not a manifest row"):
         read_manifest(path)
+    path.write_text('{"path": "a.wav"}\n[1]\n')
+    no_text = Utterance("1", tmp_path / "a.wav", None, "people")
+    assert read_manifest(path, limit=1, need_text=False) == [no_text]
+    with pytest.raises(ValueError, match="line 2: not a JSON object"):
+        read_manifest(path, need_text=False)
 
 
 def test_evaluate(tiny_bundle: Path, manifest: Path, tmp_path: Path) -> None:

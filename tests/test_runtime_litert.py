@@ -28,7 +28,7 @@ WINDOWS = {"tokenizer": {"T": (32, 64)}, "entropy_lm": {"T": (16, 40)}}
 def compile_windows(exported_bundle: Path, out: Path) -> None:
     """The tokenizer and entropy LM of ``exported_bundle`` as ``WINDOWS`` .tflite in ``out``."""
     from edgetok.bundle import load_bundle
-    from targets.compilers import get_compiler
+    from edgetok.targets.compilers import get_compiler
 
     compiler = get_compiler("litert")
     with pytest.MonkeyPatch.context() as patch:

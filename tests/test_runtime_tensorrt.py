@@ -27,7 +27,7 @@ def test_engine_runs_like_onnxruntime(tmp_path: Path) -> None:
         "run on a Jetson or a GPU machine",
     )
     pytest.importorskip("cuda", reason="cuda-python is needed for device memory")
-    from targets.compilers import ToolchainError, get_compiler
+    from edgetok.targets.compilers import ToolchainError, get_compiler
 
     try:
         get_compiler("tensorrt").check()

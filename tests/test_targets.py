@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from targets import load_profile, profile_names
+from edgetok.targets import load_profile, profile_names
 
 
 def test_shipped_profiles() -> None:

@@ -1,4 +1,4 @@
-"""``python -m bench.attack``: run the attacks, print their figures (``--json``: one
+"""``python -m edgetok.bench.attack``: run the attacks, print their figures (``--json``: one
 object), exit 1 when one misses its target."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from bench.attack import attacks
-from bench.attack.payloads import Payloads
-from bench.machine import describe, summary
+from edgetok.bench.attack import attacks
+from edgetok.bench.attack.payloads import Payloads
+from edgetok.bench.machine import describe, summary
 
 #: Attack name -> the coroutine function that runs it.
 ATTACKS = {
@@ -101,7 +101,7 @@ def main(
             figures = ", ".join(f"{k}={v}" for k, v in result.items() if k != "pass")
             click.echo(f"{'PASS' if result['pass'] else 'FAIL'} {name}: {figures}")
     report = {
-        "command": " ".join(["python -m bench.attack", *sys.argv[1:]]),
+        "command": " ".join(["python -m edgetok.bench.attack", *sys.argv[1:]]),
         "commit": _commit(),
         "bundle": str(bundle),
         "machine": describe(),

@@ -16,8 +16,8 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from bench.attack.payloads import Frame, Payloads, fuzz_frames, random_binary, random_json
-from bench.attack.served import Served, served
+from edgetok.bench.attack.payloads import Frame, Payloads, fuzz_frames, random_binary, random_json
+from edgetok.bench.attack.served import Served, served
 from edgetok.client import Client, RemoteError
 from edgetok.protocol import Ack, Error, Ready, parse_message
 

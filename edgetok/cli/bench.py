@@ -1,7 +1,8 @@
 """``edgetok bench``: per-stage latency of built targets through the real device pipeline.
 
-A thin command over ``bench.profile`` (timing), ``bench.table`` (the terminal tables) and
-``bench.plot`` (the PNG); docs/bench.md documents the JSON schema.
+A thin command over ``edgetok.bench.profile`` (timing), ``edgetok.bench.table`` (the
+terminal tables) and ``edgetok.bench.plot`` (the PNG); docs/bench.md documents the JSON
+schema.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def command(
     import importlib.util
 
     try:
-        from bench.profile import find_configs, profile
-        from bench.table import format_report
+        from edgetok.bench.profile import find_configs, profile
+        from edgetok.bench.table import format_report
     except ImportError as exc:  # pragma: no cover - bench ships with edgetok
         raise click.ClickException(f"the bench package is not importable here ({exc})") from None
     from edgetok.bundle import BundleError
@@ -175,7 +176,7 @@ def command(
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if plot_path is not None:
-        from bench.plot import plot_report
+        from edgetok.bench.plot import plot_report
 
         try:
             plot_report(report, plot_path)

@@ -77,9 +77,9 @@ def command(
     from edgetok.bundle import BundleError, default_bundle_path
 
     try:
-        from targets.build import BuildError, build
-        from targets.compilers import ToolchainError
-        from targets.report import format_report
+        from edgetok.targets.build import BuildError, build
+        from edgetok.targets.compilers import ToolchainError
+        from edgetok.targets.report import format_report
     except ImportError as exc:
         raise click.ClickException(
             f"the build tools are not installed ({exc}); pip install 'edgetok[build]'"

@@ -3,7 +3,7 @@
 A compiler's ``compile(bundle, role, out_dir, int8=..., calib=..., work_dir=...)`` writes
 the role's model, compiled from the bundle's FP32 ONNX, into ``out_dir`` and returns its
 ``Artifact`` (file name, precision). With ``int8`` it quantizes through
-``quantize.get_quantizer(backend)`` on the role's calibration feeds. ``check()`` imports
+``edgetok.quantize.get_quantizer(backend)`` on the role's calibration feeds. ``check()`` imports
 the backend's toolchain first, so a missing one is one ``ToolchainError`` before any
 work; ``unsupported(bundle)`` names what a compiler cannot build (None: it can). Compilers
 subclass the ``Compiler`` protocol for its defaults and are imported lazily.
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["Artifact", "Compiler", "ToolchainError", "compilers", "get_compiler", "require"]
 
 _COMPILERS: Final = {
-    "onnxruntime": "targets.compilers.onnxruntime:OnnxRuntimeCompiler",
-    "openvino": "targets.compilers.openvino:OpenVinoCompiler",
-    "litert": "targets.compilers.litert:LiteRtCompiler",
-    "tensorrt": "targets.compilers.tensorrt:TensorRtCompiler",
+    "onnxruntime": "edgetok.targets.compilers.onnxruntime:OnnxRuntimeCompiler",
+    "openvino": "edgetok.targets.compilers.openvino:OpenVinoCompiler",
+    "litert": "edgetok.targets.compilers.litert:LiteRtCompiler",
+    "tensorrt": "edgetok.targets.compilers.tensorrt:TensorRtCompiler",
 }
 
 

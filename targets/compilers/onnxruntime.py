@@ -1,5 +1,5 @@
 """ONNX Runtime: an offline-optimized FP32 ONNX (portable basic-level graph rewrites, in
-one file: external data is taken in), or the QDQ INT8 ONNX of ``quantize.onnxruntime``."""
+one file: external data is taken in), or the QDQ INT8 ONNX of ``edgetok.quantize.onnxruntime``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetok.bundle import Bundle
-from targets.compilers import Artifact, Compiler, require
+from edgetok.targets.compilers import Artifact, Compiler, require
 
 INSTALL = "install it with: pip install onnxruntime onnx"
 
@@ -34,14 +34,14 @@ class OnnxRuntimeCompiler(Compiler):
         source = bundle.path_of(role)
         out = out_dir / f"{role}.onnx"
         if int8:
-            from quantize import get_quantizer
+            from edgetok.quantize import get_quantizer
 
             quantized = get_quantizer(self.backend).quantize(
                 source, role, calib or [], work_dir=work_dir
             )
             shutil.move(quantized, out)
             return Artifact(out.name, "int8")
-        from quantize import single_file
+        from edgetok.quantize import single_file
 
         optimize(single_file(source, work_dir), out)
         return Artifact(out.name, "fp32")

@@ -1,5 +1,5 @@
 """OpenVINO: the ONNX model converted to IR (``<role>.xml`` + ``<role>.bin``, FP32 weights),
-quantized by NNCF (``quantize.openvino``) for INT8."""
+quantized by NNCF (``edgetok.quantize.openvino``) for INT8."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetok.bundle import Bundle
-from targets.compilers import Artifact, Compiler, require
+from edgetok.targets.compilers import Artifact, Compiler, require
 
 INSTALL = "install the build extra: pip install 'edgetok[build]' (openvino, nncf)"
 
@@ -35,7 +35,7 @@ class OpenVinoCompiler(Compiler):
 
         model = ov.convert_model(str(source))
         if int8:
-            from quantize import get_quantizer
+            from edgetok.quantize import get_quantizer
 
             model = get_quantizer(self.backend).quantize(
                 (source, model), role, calib or [], work_dir=work_dir

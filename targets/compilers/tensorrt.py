@@ -1,6 +1,6 @@
 """TensorRT: an engine (``<role>.engine``) built from the ONNX model on the machine that
 will run it (engines are specific to the GPU and TensorRT version), FP32 or, with
-``int8``, from the symmetric QDQ ONNX of ``quantize.tensorrt`` (explicit quantization).
+``int8``, from the symmetric QDQ ONNX of ``edgetok.quantize.tensorrt`` (explicit quantization).
 One optimization profile covers each dynamic axis up to the largest fixed window
 (``edgetok.windows``; ``profile_shapes``, by the manifest's dimension names, so a v2
 aggregator's ``frames`` [N, L, 384] is covered like v1's ``tokens``); the timing cache
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetok.bundle import Bundle, ModelEntry
-from targets.compilers import Artifact, Compiler, ToolchainError, require
+from edgetok.targets.compilers import Artifact, Compiler, ToolchainError, require
 
 INSTALL = (
     "TensorRT comes with JetPack on a Jetson (python3-libnvinfer) and cannot be installed "
@@ -53,7 +53,7 @@ class TensorRtCompiler(Compiler):
     ) -> Artifact:
         import tensorrt as trt
 
-        from quantize import get_quantizer, single_file
+        from edgetok.quantize import get_quantizer, single_file
 
         source = bundle.path_of(role)
         if int8:
