@@ -26,9 +26,13 @@ and an unknown key is an error that names it and its table::
     [training] [eval]   free-form: nested tables of strings, numbers, booleans and
                         lists of those
 
-File names are relative to the bundle directory. ``load_bundle`` checks that every file
-exists, that the codebook is float32 [vocab_size, D], and (unless ``verify=False``) that
-every sha256 matches; errors name the manifest, table, key and file.
+Values are checked against their allowed ranges: the sample rate one edgetok reads
+audio at (``SAMPLE_RATES``), finite numbers, positive sizes and rates, min_len <= max_len,
+a token rate that divides the frontend's frame rate, a target rate the segmenter can reach.
+File names are relative to the bundle directory. ``load_bundle`` refuses a file (model,
+external data, codebook, vocabulary) that is a symbolic link or lies under one, checks that
+every file exists, that the codebook is float32 [vocab_size, D], and (unless
+``verify=False``) that every sha256 matches; errors name the manifest, table, key and file.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ else:  # Python 3.10 (e.g. JetPack 6): the same parser, from PyPI
 __all__ = [
     "MANIFEST_NAME",
     "MODEL_ROLES",
+    "SAMPLE_RATES",
     "SCHEMA_VERSION",
     "AudioSection",
     "Bundle",
@@ -75,6 +80,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
+#: The audio sample rates edgetok reads audio at and runs its VAD on (``edgetok.audio``
+#: ``SAMPLE_RATE``, silero-vad's 16 kHz): what ``[audio] sample_rate`` may say.
+SAMPLE_RATES: Final = (16000,)
 MANIFEST_NAME: Final = "bundle.toml"
 #: The models a bundle can hold, in pipeline order; ``[models.<role>]`` tables. The
 #: ``decoder`` is one graph with a key/value cache (inputs ``prefix``, ``text``,
@@ -96,6 +104,10 @@ MODEL_ROLES: Final = (
 
 #: The four models of a v1 bundle (the character decoder): what ``edgetok build`` compiles.
 V1_ROLES: Final = MODEL_ROLES[:4]
+
+#: The longest segment ``[segmenter] max_len`` may allow, in tokens (the aggregator pads
+#: every segment to max_len: 10 s of 50 Hz tokens).
+MAX_SEGMENT_TOKENS: Final = 500
 
 _REQUIRED_TABLES: Final = ("bundle", "audio", "frontend", "tokens", "segmenter", "models")
 _OPTIONAL_TABLES: Final = ("text", "segment_codes")
@@ -165,6 +177,8 @@ class _Section:
             if isinstance(kind, UnionType):  # X | None
                 kind = next(arg for arg in get_args(kind) if arg is not type(None))
             values[f.name] = _coerce(data[f.name], kind, where)
+            if kind is float and not math.isfinite(values[f.name]):
+                raise BundleError(f"{where}: {values[f.name]!r} is not a finite number")
         result = cls(**values)
         result._validate(section)
         return result
@@ -221,7 +235,12 @@ class AudioSection(_Section):
     sample_rate: int
 
     def _validate(self, section: str) -> None:
-        self._positive(section, "sample_rate")
+        self._require(
+            self.sample_rate in SAMPLE_RATES,
+            section,
+            "sample_rate",
+            f"is not a sample rate edgetok reads audio at ({', '.join(map(str, SAMPLE_RATES))})",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +269,11 @@ class FrontendSection(_Section):
     def _validate(self, section: str) -> None:
         self._positive(section, "n_fft", "win_length", "hop_length", "n_mels", "log_floor")
         self._require(self.win_length <= self.n_fft, section, "win_length", "must be <= n_fft")
+        self._require(self.hop_length <= self.n_fft, section, "hop_length", "must be <= n_fft")
+        bins = self.n_fft // 2 + 1
+        self._require(
+            self.n_mels <= bins, section, "n_mels", f"must be <= the n_fft's {bins} frequency bins"
+        )
         self._require(self.f_min >= 0, section, "f_min", "must be >= 0")
         self._require(self.f_max > self.f_min, section, "f_max", "must be > f_min")
         self._require(
@@ -326,6 +350,12 @@ class SegmenterSection(_Section):
     def _validate(self, section: str) -> None:
         self._positive(section, "min_len", "target_hz")
         self._require(self.max_len >= self.min_len, section, "max_len", "must be >= min_len")
+        self._require(
+            self.max_len <= MAX_SEGMENT_TOKENS,
+            section,
+            "max_len",
+            f"must be <= {MAX_SEGMENT_TOKENS} tokens",
+        )
 
 
 def _parse_specs(value: Any, where: str) -> tuple[TensorSpec, ...]:
@@ -523,12 +553,31 @@ class Bundle:
             training=_free_form(data.get("training", {}), "training"),
             eval=_free_form(data.get("eval", {}), "eval"),
         )
-        if bundle.frontend.f_max > bundle.audio.sample_rate / 2:
-            raise BundleError(
-                f"[frontend] f_max: {bundle.frontend.f_max} is above the Nyquist frequency "
-                f"of [audio] sample_rate {bundle.audio.sample_rate}"
-            )
+        bundle._check_rates()
         return bundle
+
+    def _check_rates(self) -> None:
+        """The rates of different tables agree: the frontend's band within Nyquist, the
+        token rate a whole division of the frame rate, at most that many segments/s."""
+        rate = self.audio.sample_rate
+        if self.frontend.f_max > rate / 2:
+            raise BundleError(
+                f"[frontend] f_max: {self.frontend.f_max} is above the Nyquist frequency "
+                f"of [audio] sample_rate {rate}"
+            )
+        frame_hz = rate / self.frontend.hop_length
+        stride = frame_hz / self.tokens.rate_hz
+        if stride < 1 or not math.isclose(stride, round(stride), rel_tol=1e-6):
+            raise BundleError(
+                f"[tokens] rate_hz: {self.tokens.rate_hz} is not the frame rate {frame_hz:g} Hz "
+                "([audio] sample_rate / [frontend] hop_length) divided by a whole number"
+            )
+        most = self.tokens.rate_hz / self.segmenter.min_len
+        if self.segmenter.target_hz > most:
+            raise BundleError(
+                f"[segmenter] target_hz: {self.segmenter.target_hz} is above {most:g}, the "
+                "most segments per second ([tokens] rate_hz / min_len)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as TOML-ready nested dicts (``root`` is not part of it)."""
@@ -729,6 +778,17 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if bundle.segment_codes is not None:
         codes = bundle.segment_codes
         files.append(("segment_codes", "file", "sha256", codes.file, codes.sha256))
+    rebuilt = [
+        (f"models.{role}", "external_file", entry.external_file)
+        for role, entry in bundle.models.items()
+        if entry.external_source is not None
+    ]
+    for section, file_key, name in [(f[0], f[1], f[3]) for f in files] + rebuilt:
+        if link := _link_in(manifest.parent, str(name)):
+            raise BundleError(
+                f"{manifest} [{section}] {file_key}: {link} is a symbolic link; a bundle's "
+                "files must be regular files inside its directory"
+            )
     for section, file_key, hash_key, name, expected in files:
         file_path = manifest.parent / name
         if not file_path.is_file():
@@ -746,6 +806,17 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if bundle.segment_codes is not None:
         _check_segment_codes(bundle, manifest)
     return bundle
+
+
+def _link_in(root: Path, name: str) -> str | None:
+    """The first part of ``name`` (relative to ``root``) that is a symbolic link, as a
+    path relative to ``root``; None when there is none."""
+    path = root
+    for part in PurePosixPath(name).parts:
+        path = path / part
+        if path.is_symlink():
+            return path.relative_to(root).as_posix()
+    return None
 
 
 def _check_segment_codes(bundle: Bundle, manifest: Path) -> None:

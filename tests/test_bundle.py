@@ -169,7 +169,7 @@ def test_write_then_load_round_trip(tiny: Path, tmp_path: Path) -> None:
 def test_write_validates_first(tiny: Path, tmp_path: Path) -> None:
     bundle = load_bundle(tiny)
     bad = dataclasses.replace(bundle, audio=AudioSection(sample_rate=0))
-    with pytest.raises(BundleError, match=r"^\[audio\] sample_rate: 0 must be > 0$"):
+    with pytest.raises(BundleError, match=r"^\[audio\] sample_rate: 0 is not a sample rate"):
         write_bundle(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -358,6 +358,45 @@ TOKENIZER = "[models.tokenizer]"
             "[frontend] f_max: 9000.0 is above the Nyquist frequency",
         ),
         ("", "target_hz = 15.0", "target_hz = -1", "[segmenter] target_hz: -1.0 must be > 0"),
+        # values out of their allowed ranges
+        (
+            "",
+            "sample_rate = 16000",
+            "sample_rate = 8000",
+            "[audio] sample_rate: 8000 is not a sample rate edgetok reads audio at (16000)",
+        ),
+        (
+            "",
+            "global_threshold = 2.5",
+            "global_threshold = nan",
+            "[segmenter] global_threshold: nan is not a finite number",
+        ),
+        (
+            "",
+            "global_threshold = 2.5",
+            "global_threshold = -inf",
+            "[segmenter] global_threshold: -inf is not a finite number",
+        ),
+        ("", "rate_hz = 50.0", "rate_hz = inf", "[tokens] rate_hz: inf is not a finite number"),
+        ("", "rate_hz = 50.0", "rate_hz = 0", "[tokens] rate_hz: 0.0 must be > 0"),
+        (
+            "",
+            "rate_hz = 50.0",
+            "rate_hz = 1e9",
+            "[tokens] rate_hz: 1000000000.0 is not the frame rate 100 Hz",
+        ),
+        ("", "rate_hz = 50.0", "rate_hz = 30.0", "[tokens] rate_hz: 30.0 is not the frame rate"),
+        ("", "min_len = 1", "min_len = 0", "[segmenter] min_len: 0 must be > 0"),
+        ("", "max_len = 16", "max_len = 100000", "[segmenter] max_len: 100000 must be <= 500"),
+        (
+            "",
+            "target_hz = 15.0",
+            "target_hz = 60.0",
+            "[segmenter] target_hz: 60.0 is above 50, the most segments per second",
+        ),
+        ("", "n_mels = 80", "n_mels = 400", "[frontend] n_mels: 400 must be <= the n_fft's 201"),
+        ("", "hop_length = 160", "hop_length = 800", "[frontend] hop_length: 800 must be <="),
+        ("", "log_floor = 1e-10", "log_floor = nan", "[frontend] log_floor: nan is not a finite"),
     ],
 )
 def test_manifest_errors_name_file_table_and_key(
@@ -472,3 +511,58 @@ def test_external_keys_need_each_other(tiny: Path, line: str, problem: str) -> N
     manifest = edit(tiny, "[models.tokenizer]\n", f"[models.tokenizer]\n{line}\n")
     assert manifest.is_file()
     assert problem in load_error(tiny)
+
+
+def test_a_model_file_that_is_a_symbolic_link_is_refused(tiny: Path, tmp_path: Path) -> None:
+    """A model whose file is a link, even to a file with the right sha256, inside the
+    bundle or out of it, or under a linked directory: the error names the key and link."""
+    manifest = tiny / "bundle.toml"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    model = tiny / "tokenizer.onnx"
+    shutil.move(model, outside / "tokenizer.onnx")
+    model.symlink_to(outside / "tokenizer.onnx")
+    assert load_error(tiny) == (
+        f"{manifest} [models.tokenizer] file: tokenizer.onnx is a symbolic link; a "
+        "bundle's files must be regular files inside its directory"
+    )
+    model.unlink()
+    (tiny / "sub").symlink_to(outside, target_is_directory=True)
+    edit(tiny, 'file = "tokenizer.onnx"', 'file = "sub/tokenizer.onnx"')
+    assert "[models.tokenizer] file: sub is a symbolic link" in load_error(tiny, verify=False)
+    (tiny / "sub").unlink()
+    (tiny / "sub").mkdir()
+    shutil.move(outside / "tokenizer.onnx", tiny / "sub" / "tokenizer.onnx")
+    assert load_bundle(tiny).path_of("tokenizer") == tiny / "sub" / "tokenizer.onnx"
+
+
+def test_the_codebook_as_a_link_inside_the_bundle_is_refused(tiny: Path) -> None:
+    codebook = tiny / "codebook.npy"
+    codebook.rename(tiny / "real.npy")
+    codebook.symlink_to("real.npy")
+    assert "[tokens] codebook_file: codebook.npy is a symbolic link" in load_error(tiny)
+
+
+def test_default_bundle_copy_edited(tmp_path: Path) -> None:
+    """The shipped bundle, copied: it loads; its external data as a link out of the
+    bundle, and a sample rate edgetok does not read, are refused."""
+    copy = Path(shutil.copytree(default_bundle_path(), tmp_path / "default"))
+    bundle = load_bundle(copy)
+    external = bundle.external_path_of("decoder_step")
+    assert external is not None and external.is_file()
+    moved = Path(shutil.move(external, tmp_path / external.name))
+    external.symlink_to(moved)
+    assert f"[models.decoder_step] external_file: {external.name} is a symbolic link" in (
+        load_error(copy, verify=False)
+    )
+    external.unlink()
+    shutil.move(moved, external)
+    edit(copy, "sample_rate = 16000", "sample_rate = 44100")
+    assert "[audio] sample_rate: 44100 is not a sample rate" in load_error(copy, verify=False)
+
+
+def test_sample_rates_are_those_audio_is_read_and_the_vad_runs_at() -> None:
+    from edgetok import audio, vad
+    from edgetok.bundle import SAMPLE_RATES
+
+    assert SAMPLE_RATES == (audio.SAMPLE_RATE,) == (vad.SAMPLE_RATE,)
