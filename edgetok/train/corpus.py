@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from edgetok.manifest import read_rows
 from edgetok.train import augment, voices
 from edgetok.train.text import load_sentences
 from edgetok.train.voices import SAMPLE_RATE, Voice
@@ -344,7 +345,7 @@ def stats(corpus: str | Path) -> dict:
         path = Path(corpus) / f"{split}.jsonl"
         if not path.exists():
             continue
-        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        recs = read_rows(path)
         by_voice: Counter[str] = Counter()
         by_engine: Counter[str] = Counter()
         n_voice: Counter[str] = Counter()

@@ -18,6 +18,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from edgetok.frontend import FrontendConfig, log_mel, n_frames
+from edgetok.manifest import read_rows
 
 MEL_FILE = "mel.f16"
 INDEX_FILE = "index.json"
@@ -39,12 +40,6 @@ class FeatureSet:
         """float32 [T, n_mels] log-mel of utterance ``i``."""
         start = int(self.offsets[i])
         return np.asarray(self.mel[start : start + int(self.lengths[i])], dtype=np.float32)
-
-
-def read_manifest(path: Path) -> list[dict]:
-    """Rows of a corpus JSONL manifest."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _file_sha256(path: Path) -> str:
@@ -76,7 +71,7 @@ def build_feature_cache(
     if index_path.exists() and json.loads(index_path.read_text())["manifest_sha256"] == digest:
         return load_feature_cache(out_dir)
 
-    records = read_manifest(manifest)
+    records = read_rows(manifest)
     lengths = np.array(
         [n_frames(round(r["duration"] * cfg.sample_rate), cfg) for r in records], dtype=np.int64
     )

@@ -345,9 +345,9 @@ def write_sample_wav(corpus_dir: Path, voice: str, out: Path) -> Path:
     """A 3-8 s test utterance of ``voice`` (a held-out voice), written as 16-bit WAV."""
     import soundfile as sf
 
-    from edgetok.train.featcache import read_manifest
+    from edgetok.manifest import read_rows
 
-    rows = [r for r in read_manifest(corpus_dir / "test.jsonl") if r["voice"] == voice]
+    rows = [r for r in read_rows(corpus_dir / "test.jsonl") if r["voice"] == voice]
     rows = [r for r in rows if 3.0 <= r["duration"] <= 8.0 and set(r["augment"]) == {"tts"}] or rows
     if not rows:
         raise ValueError(f"{corpus_dir}: no test utterance of voice {voice!r}")

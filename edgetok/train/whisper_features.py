@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from edgetok.audio import load_audio
 from edgetok.frontend import FrontendConfig, log_mel
-from edgetok.train.featcache import read_manifest
+from edgetok.manifest import read_rows
 from edgetok.train.whisper import WhisperEncoder
 
 __all__ = [
@@ -129,7 +129,7 @@ def build_encoder_cache(
     after that many encoder blocks (default: all, with the final layer norm).
     ``load_encoder`` is called only when a shard has to be encoded.
     """
-    records = read_manifest(corpus_dir / f"{split}.jsonl")
+    records = read_rows(corpus_dir / f"{split}.jsonl")
     if hours is not None:
         order = np.random.default_rng(0).permutation(len(records))
         durations = np.array([records[i]["duration"] for i in order])
