@@ -1,6 +1,7 @@
 """The device process of a cold-start measurement: ``python -m edgetok.bench.coldstart``.
 
-Started by ``edgetok.bench.profile.cold_start`` with the wall-clock time of the spawn (``--t0``).
+Started by ``cold_start`` (the bench's side, below) with the wall-clock time of the spawn
+(``--t0``).
 It imports edgetok, loads the bundle's device models (tokenizer, entropy LM, aggregator:
 no decoder, that runs on the server) and the VAD, loads the segmenter's Numba kernels,
 tokenizes the first second of the audio (the *first token*), then streams the whole
@@ -14,10 +15,17 @@ peak resident memory.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgetok.bench.configs import Config
 
 _MARKS: dict[str, float] = {}
 _CPU_MARKS: dict[str, float] = {}
 _RSS_MARKS: dict[str, float] = {}
+COLD_START_TIMEOUT_S = 300.0
 
 
 def _mark(name: str, t0: float) -> None:
@@ -58,7 +66,7 @@ def main() -> None:
     import os
 
     from edgetok.audio import FileSource, load_audio
-    from edgetok.bench.profile import device_transcriber
+    from edgetok.bench.runners import device_transcriber
     from edgetok.bundle import load_bundle
     from edgetok.pipeline import Pipeline
     from edgetok.runtime import SessionOptions
@@ -92,6 +100,78 @@ def main() -> None:
         ),
         flush=True,
     )
+
+
+# ------------------------------------------------------------- the bench's side
+
+
+def cold_start(
+    bundle: Path,
+    audio: Path,
+    threads: int,
+    *,
+    empty_cache: bool,
+    timeout_s: float = COLD_START_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Spawn ``python -m edgetok.bench.coldstart``: seconds from the spawn to its marks
+    (``first_token`` among them) and its peak RSS. ``empty_cache`` points
+    ``NUMBA_CACHE_DIR`` at an empty directory, so the segmenter is compiled, not loaded."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="edgetok-numba-") as cache:
+        if empty_cache:
+            env["NUMBA_CACHE_DIR"] = cache
+        command = [
+            sys.executable,
+            "-m",
+            "edgetok.bench.coldstart",
+            "--bundle",
+            str(bundle),
+            "--audio",
+            str(audio),
+            "--threads",
+            str(threads),
+            "--t0",
+            repr(time.time()),
+        ]
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"cold-start process failed ({done.returncode}): {' | '.join(tail)}")
+    result = json.loads(lines[-1])
+    result["numba_cache"] = "empty" if empty_cache else "warm"
+    return result
+
+
+def cold_entry(
+    config: Config, wav: Path, threads: int, clock: str, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Both cold starts; ``first_token_s`` on the report's clock (cpu: CPU seconds the
+    process used until its first token)."""
+    import json
+    import subprocess
+
+    assert config.bundle is not None
+    out: dict[str, Any] = {}
+    for key, empty in (("warm_cache", False), ("empty_cache", True)):
+        progress(f"cold start {config.name}: numba cache {'empty' if empty else 'warm'}")
+        try:
+            result = cold_start(config.bundle, wav, threads, empty_cache=empty)
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            out[key] = {"error": str(exc), "first_token_s": None, "peak_rss_mb": None}
+            continue
+        marks = result["marks_s"] if clock == "wall" else result["cpu_marks_s"]
+        result["first_token_s"] = marks["first_token"]
+        out[key] = result
+    return out
 
 
 if __name__ == "__main__":

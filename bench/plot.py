@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from edgetok.bench.profile import DEVICE_STAGES
+from edgetok.bench.stats import DEVICE_STAGES
 
 __all__ = ["plot_report"]
 

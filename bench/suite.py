@@ -25,77 +25,16 @@ from typing import Any, Final
 
 import click
 
-from edgetok.bench.profile import find_configs, profile
+from edgetok.beam import DEFAULT_BEAM
+from edgetok.bench.configs import find_configs
+from edgetok.bench.profile import profile
 from edgetok.bench.table import format_report
 
-__all__ = ["ALL_TARGETS", "RESULTS_DIR", "comparisons", "format_comparisons", "save"]
+__all__ = ["ALL_TARGETS", "RESULTS_DIR", "save"]
 
 #: The targets the suite looks for, the shipped bundle first.
 ALL_TARGETS: Final = ("default", "x86-cpu", "android", "rpi", "jetson")
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-#: Stages whose ratios are shown per backend (the models).
-_MODEL_STAGES: Final = ("tokenizer", "entropy_lm", "aggregator")
-
-
-def _measured(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in report["configs"] if c.get("available") and c.get("rtf")]
-
-
-def comparisons(report: dict[str, Any]) -> dict[str, Any]:
-    """Ratios of p50s from this one run (a ratio > 1: the second is faster).
-
-    - ``int8_vs_fp32``: per backend, FP32 device RTF / INT8 device RTF, and per model
-      stage (FP32 from the same backend's FP32 build, or the shipped bundle for ONNX
-      Runtime).
-    - ``backends``: per precision, each backend's device RTF and model stages against
-      ONNX Runtime at that precision (ONNX Runtime time / other's time).
-    - ``pocketsphinx``: pocketsphinx RTF / device RTF of each configuration.
-    """
-    configs = _measured(report)
-    by = {(c["backend"], c["precision"]): c for c in configs}
-
-    def ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
-        out = {"device_rtf": a["rtf"]["device"]["p50"] / b["rtf"]["device"]["p50"]}
-        for stage in _MODEL_STAGES:
-            x, y = a["stages"][stage]["ms_per_audio_s"], b["stages"][stage]["ms_per_audio_s"]
-            out[stage] = x / y if y else float("nan")
-        return out
-
-    int8_vs_fp32 = {}
-    for (backend, precision), config in by.items():
-        if precision == "int8" and (backend, "fp32") in by:
-            int8_vs_fp32[backend] = ratio(by[(backend, "fp32")], config)
-    backends: dict[str, dict[str, Any]] = {}
-    for (backend, precision), config in by.items():
-        base = by.get(("onnxruntime", precision))
-        if backend != "onnxruntime" and base is not None:
-            backends.setdefault(precision, {})[f"onnxruntime/{backend}"] = ratio(base, config)
-    return {
-        "int8_vs_fp32": int8_vs_fp32,
-        "backends": backends,
-        "pocketsphinx": report.get("ratios", {}).get("pocketsphinx_over_device", {}),
-    }
-
-
-def format_comparisons(found: dict[str, Any]) -> str:
-    """The ratios as lines (device RTF, then tokenizer / entropy LM / aggregator)."""
-
-    def row(values: dict[str, float]) -> str:
-        parts = [f"device RTF {values['device_rtf']:.2f}x"]
-        parts += [f"{stage} {values[stage]:.2f}x" for stage in _MODEL_STAGES]
-        return ", ".join(parts)
-
-    lines = ["ratios measured in this run (p50; > 1: the second is faster)"]
-    for backend, values in found["int8_vs_fp32"].items():
-        lines.append(f"  {backend} FP32 / INT8: {row(values)}")
-    for precision, pairs in found["backends"].items():
-        for pair, values in pairs.items():
-            lines.append(f"  {precision} {pair.replace('/', ' / ')}: {row(values)}")
-    for name, value in found["pocketsphinx"].items():
-        lines.append(f"  pocketsphinx / {name}: {value:.1f}x")
-    if len(lines) == 1:
-        lines.append("  (nothing to compare: fewer than two configurations ran)")
-    return "\n".join(lines)
 
 
 def save(report: dict[str, Any], text: str, results: Path, *, plot: bool = True) -> Path:
@@ -128,6 +67,7 @@ def save(report: dict[str, Any], text: str, results: Path, *, plot: bool = True)
 @click.option("--duration", type=float, default=10.0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=5, show_default=True)
+@click.option("--beam", type=int, default=DEFAULT_BEAM, show_default=True, help="Server beam.")
 @click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto")
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True)
@@ -148,6 +88,7 @@ def main(
     duration: float,
     threads: int,
     runs: int,
+    beam: int,
     warmup: int,
     clock: str,
     cold_start: bool,
@@ -167,11 +108,11 @@ def main(
         pocketsphinx=True,
         cold=cold_start,
         clock=clock,
+        beam=beam,
         command=shlex.join(["python", "-m", "edgetok.bench.suite", *sys.argv[1:]]),
         progress=lambda message: click.echo(message, err=True),
     )
-    report["comparisons"] = comparisons(report)
-    text = format_report(report) + "\n\n" + format_comparisons(report["comparisons"])
+    text = format_report(report)
     text = f"$ {report['command']}\n{text}"
     click.echo(text)
     if keep:

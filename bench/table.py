@@ -6,7 +6,8 @@ import textwrap
 from typing import Any
 
 from edgetok.bench.machine import summary as machine_summary
-from edgetok.bench.profile import DEVICE_STAGES, STAGES
+from edgetok.bench.ratios import format_ratios
+from edgetok.bench.stats import DEVICE_STAGES, STAGES
 
 __all__ = ["format_report"]
 
@@ -58,6 +59,12 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _code_line(code: dict[str, Any]) -> str:
+    commit = code.get("commit")
+    where = f"commit {commit[:12]}{' (dirty)' if code.get('dirty') else ''}" if commit else "no git"
+    return f"code: edgetok {code.get('edgetok_version')}, {where}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Stage latencies, the summary per configuration (with pocketsphinx), compute vs
     peak, and the configurations that could not run here."""
@@ -69,6 +76,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"audio: {audio['source']} ({audio['duration_s']:.1f} s), {settings['threads']} thread(s), "
         f"{settings['warmup']} warm-up + {settings['runs']} runs each, interleaved",
         f"clock: {settings['clock']} ({settings['clock_reason']})",
+        _code_line(report.get("provenance") or {}),
         "",
     ]
     if configs:
@@ -117,7 +125,7 @@ def format_report(report: dict[str, Any]) -> str:
             "bytes/s",
         ]
         rows = []
-        speedups = report.get("ratios", {}).get("pocketsphinx_over_device", {})
+        speedups = report.get("ratios", {}).get("pocketsphinx_over_end_to_end", {})
         for c in configs:
             cold = c.get("cold_start") or {}
             warm, empty = cold.get("warm_cache") or {}, cold.get("empty_cache") or {}
@@ -159,25 +167,39 @@ def format_report(report: dict[str, Any]) -> str:
             "device RTF: VAD over the whole stream + frontend .. serialization of each "
             "utterance, / audio time (ok / OVER: the target profile's budget); e2e RTF: the "
             "whole run, round trips and the server's decoding included, / audio time; vs "
-            "sphinx: pocketsphinx RTF / device RTF; cold start: process spawn -> first token "
-            "(Numba cache warm / empty); peak RSS: that device process; models: device models "
-            "+ codebook on disk; bytes/s: wire frames per second of speech."
+            "sphinx: pocketsphinx RTF / e2e RTF (both end to end); cold start: process spawn "
+            "-> first token (Numba cache warm / empty); peak RSS: that device process; "
+            "models: device models + codebook on disk; bytes/s: wire frames per second of "
+            "speech."
         )
         lines += textwrap.wrap(legend, 100)
         lines += _flops_lines(configs)
-    ratios = report.get("ratios", {}).get("fp32_over_int8", {})
-    if ratios:
         lines.append("")
-        lines.append(
-            "FP32 / INT8 device RTF: "
-            + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items())
-        )
+        lines += _provenance_lines(configs)
+    if report.get("ratios"):
+        lines.append("")
+        lines.append(format_ratios(report["ratios"]))
     if missing:
         lines.append("")
         lines.append("not benchmarked here:")
         for c in missing:
             lines.append(f"  {c['name']}: unavailable: {c['reason']}")
     return "\n".join(lines)
+
+
+def _provenance_lines(configs: list[dict[str, Any]]) -> list[str]:
+    """One line per configuration: its bundle (family), segmenter settings, the beam."""
+    lines = ["bundles (family: source models, codebook, segmenter; same family = like for like)"]
+    for c in configs:
+        made = c.get("provenance") or {}
+        bundle = made.get("bundle") or {}
+        seg = bundle.get("segmenter") or {}
+        lines.append(
+            f"  {c['name']}: {bundle.get('name')} family {bundle.get('family')}, segmenter "
+            f"threshold {seg.get('global_threshold', 0):.3f} len {seg.get('min_len')}.."
+            f"{seg.get('max_len')}, beam {made.get('beam')}"
+        )
+    return lines
 
 
 def _flops_lines(configs: list[dict[str, Any]]) -> list[str]:

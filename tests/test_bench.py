@@ -21,24 +21,16 @@ from click.testing import CliRunner
 
 from edgetok.audio import load_audio
 from edgetok.bench import machine
+from edgetok.bench.configs import find_configs
 from edgetok.bench.flops import count_macs
-from edgetok.bench.profile import (
-    DEVICE_STAGES,
-    SCHEMA,
-    STAGES,
-    bundle_compression,
-    choose_clock,
-    find_configs,
-    model_bytes,
-    percentiles,
-    profile,
-    ratios,
-)
+from edgetok.bench.profile import SCHEMA, choose_clock, profile
+from edgetok.bench.provenance import family, model_bytes
+from edgetok.bench.stats import DEVICE_STAGES, STAGES, percentiles
 from edgetok.bench.table import format_report
 from edgetok.bundle import load_bundle
 from edgetok.cli import main
 from edgetok.runtime import available_backends
-from edgetok.stages import DecoderPack
+from edgetok.stages import DecoderPack, bundle_compression
 
 RUNS = 2
 
@@ -276,30 +268,30 @@ def test_cli_unknown_target_is_an_error() -> None:
     assert "unknown target 'toaster'" in result.output
 
 
-def test_percentiles_and_ratios() -> None:
+def test_percentiles() -> None:
     p = percentiles([3.0, 1.0, 2.0], 1e3)
     assert (p["min"], p["p50"], p["max"], p["n"]) == (1e3, 2e3, 3e3, 3)
     assert percentiles([])["p50"] is None
 
-    def config(name: str, target: str, backend: str, precision: str, rtf: float) -> dict:
-        return {
-            "name": name,
-            "target": target,
-            "backend": backend,
-            "precision": precision,
-            "rtf": {"device": {"p50": rtf}},
-        }
 
-    report = {
-        "configs": [
-            config("default/onnxruntime/fp32", "default", "onnxruntime", "fp32", 0.02),
-            config("x86-cpu/onnxruntime/int8", "x86-cpu", "onnxruntime", "int8", 0.01),
-        ],
-        "baselines": {"pocketsphinx": {"rtf": {"p50": 0.2}}},
+def test_rows_carry_provenance(report: dict[str, Any], tiny_bundle: Path) -> None:
+    """Like whisper.cpp's bench rows: commit, model sha256s, beam, segmenter, CPU, threads."""
+    bundle = load_bundle(tiny_bundle)
+    code = report["provenance"]
+    assert code["commit"] is None or len(code["commit"]) == 40
+    made = report["configs"][0]["provenance"]
+    assert made["commit"] == code["commit"] and made["dirty"] == code["dirty"]
+    assert made["beam"] == report["settings"]["beam"] == 4
+    assert made["threads"] == 1 and made["clock"] == report["settings"]["clock"]
+    assert made["cpu"] == report["machine"]["cpu"]["model"]
+    rows = made["bundle"]["models"]
+    assert {role: row["sha256"] for role, row in rows.items()} == {
+        role: entry.sha256 for role, entry in bundle.models.items()
     }
-    found = ratios(report)
-    assert found["pocketsphinx_over_device"]["x86-cpu/onnxruntime/int8"] == pytest.approx(20)
-    assert found["fp32_over_int8"]["x86-cpu/onnxruntime"] == pytest.approx(2)
+    assert made["bundle"]["codebook_sha256"] == bundle.tokens.codebook_sha256
+    assert made["bundle"]["segmenter"] == bundle.segmenter.to_dict()
+    assert made["bundle"]["family"] == family(bundle)
+    assert "family" in format_report(report)
 
 
 def test_machine_description() -> None:
@@ -341,3 +333,23 @@ def test_a_bundle_compared_with_the_shipped_one_keeps_its_own_name(tiny_bundle: 
     mine, shipped = find_configs(["default", "default"], bundle=tiny_bundle)
     assert mine.name != shipped.name
     assert mine.name.endswith(f"({tiny_bundle.name})") and mine.bundle == tiny_bundle
+
+
+def test_a_build_is_of_its_sources_family(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A model rebuilt for a backend keeps its FP32 source's sha256: same family; other
+    segmenter settings make another family."""
+    source = load_bundle(tiny_bundle)
+    built = _built(tiny_bundle, tmp_path, "x86-cpu-int8", "x86-cpu")
+    manifest = built / "bundle.toml"
+    sha = source.models["aggregator"].sha256
+    text = manifest.read_text().replace(
+        f'sha256 = "{sha}"', f'sha256 = "{"0" * 64}"\nsource_sha256 = "{sha}"', 1
+    )
+    manifest.write_text(text)
+    rebuilt = load_bundle(built, verify=False)
+    assert rebuilt.models["aggregator"].source_sha256 == sha
+    assert family(rebuilt) == family(source)
+    threshold = f"global_threshold = {source.segmenter.global_threshold!r}"
+    assert threshold in text
+    manifest.write_text(text.replace(threshold, "global_threshold = 0.5"))
+    assert family(load_bundle(built, verify=False)) != family(source)

@@ -12,41 +12,62 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from edgetok.audio import load_audio
-from edgetok.bench.suite import comparisons, format_comparisons, main
+from edgetok.bench.ratios import format_ratios, ratios
+from edgetok.bench.suite import main
 
 
-def _config(backend: str, precision: str, rtf: float, stage_ms: float) -> dict:
+def _config(name: str, family: str, rtf: float, stage_ms: float, e2e: float = 0.1) -> dict:
+    target, backend, precision = name.split(" ")[0].split("/")
     stages = {s: {"ms_per_audio_s": stage_ms} for s in ("tokenizer", "entropy_lm", "aggregator")}
     return {
-        "name": f"x86-cpu/{backend}/{precision}",
-        "target": "x86-cpu",
+        "name": name,
+        "target": target,
         "backend": backend,
         "precision": precision,
         "available": True,
-        "rtf": {"device": {"p50": rtf}},
+        "rtf": {"device": {"p50": rtf}, "end_to_end": {"p50": e2e}},
         "stages": stages,
+        "provenance": {"bundle": {"family": family}},
     }
 
 
-def test_comparisons_are_ratios_of_this_run() -> None:
+def test_ratios_compare_like_for_like() -> None:
+    """Only builds of one bundle (one family) are compared, every pair kept; pocketsphinx
+    against the end-to-end RTF."""
     report = {
         "configs": [
-            _config("onnxruntime", "fp32", 0.02, 4.0),
-            _config("onnxruntime", "int8", 0.01, 2.0),
-            _config("openvino", "int8", 0.008, 1.0),
+            _config("default/onnxruntime/fp32", "A", 0.02, 4.0, e2e=0.4),
+            _config("default/onnxruntime/fp32 (other)", "A", 0.025, 5.0),
+            _config("x86-cpu/onnxruntime/int8", "A", 0.01, 2.0),
+            _config("x86-cpu/onnxruntime/int8 (old bundle)", "B", 0.005, 1.0),
+            _config("x86-cpu/openvino/fp32", "A", 0.03, 6.0),
+            _config("x86-cpu/openvino/int8", "A", 0.015, 3.0),
             {"name": "jetson/tensorrt", "available": False, "reason": "no TensorRT"},
         ],
-        "ratios": {"pocketsphinx_over_device": {"x86-cpu/onnxruntime/int8": 20.0}},
+        "baselines": {"pocketsphinx": {"rtf": {"p50": 0.2}}},
     }
-    found = comparisons(report)
-    assert found["int8_vs_fp32"]["onnxruntime"]["device_rtf"] == pytest.approx(2.0)
-    assert found["int8_vs_fp32"]["onnxruntime"]["tokenizer"] == pytest.approx(2.0)
-    assert "openvino" not in found["int8_vs_fp32"]  # no OpenVINO FP32 ran
-    pair = found["backends"]["int8"]["onnxruntime/openvino"]
-    assert pair["device_rtf"] == pytest.approx(1.25) and pair["entropy_lm"] == pytest.approx(2)
-    text = format_comparisons(found)
-    assert "onnxruntime FP32 / INT8: device RTF 2.00x" in text
-    assert "pocketsphinx / x86-cpu/onnxruntime/int8: 20.0x" in text
+    found = ratios(report)
+    pairs = {(p["first"], p["second"]): p for p in found["fp32_over_int8"]}
+    assert set(pairs) == {
+        ("default/onnxruntime/fp32", "x86-cpu/onnxruntime/int8"),
+        ("default/onnxruntime/fp32 (other)", "x86-cpu/onnxruntime/int8"),
+        ("x86-cpu/openvino/fp32", "x86-cpu/openvino/int8"),
+    }
+    first = pairs[("default/onnxruntime/fp32", "x86-cpu/onnxruntime/int8")]
+    assert first["device_rtf"] == pytest.approx(2.0) and first["tokenizer"] == pytest.approx(2.0)
+    other = pairs[("default/onnxruntime/fp32 (other)", "x86-cpu/onnxruntime/int8")]
+    assert other["device_rtf"] == pytest.approx(2.5)  # its own entry, not an overwrite
+    backends = {
+        (p["first"], p["second"]): p["device_rtf"] for p in found["onnxruntime_over_backend"]
+    }
+    assert backends[("x86-cpu/onnxruntime/int8", "x86-cpu/openvino/int8")] == pytest.approx(2 / 3)
+    assert backends[("default/onnxruntime/fp32", "x86-cpu/openvino/fp32")] == pytest.approx(2 / 3)
+    assert not any("old bundle" in a or "old bundle" in b for a, b in [*pairs, *backends])
+    sphinx = found["pocketsphinx_over_end_to_end"]
+    assert sphinx["default/onnxruntime/fp32"] == pytest.approx(0.5)  # 0.2 / 0.4, not / 0.02
+    text = format_ratios(found)
+    assert "default/onnxruntime/fp32 / x86-cpu/onnxruntime/int8: device RTF 2.00x" in text
+    assert "pocketsphinx / default/onnxruntime/fp32, end to end: 0.5x" in text
 
 
 def test_suite_runs_targets_with_pocketsphinx_and_keeps_results(
@@ -88,7 +109,7 @@ def test_suite_runs_targets_with_pocketsphinx_and_keeps_results(
     report = json.loads(report_path.read_text())
     assert report["machine"]["cpu"]["logical_cpus"] >= 1
     assert report["baselines"]["pocketsphinx"]["rtf"]["n"] == 1
-    ratio = report["comparisons"]["pocketsphinx"]["x86-cpu/onnxruntime/fp32"]
+    ratio = report["ratios"]["pocketsphinx_over_end_to_end"]["x86-cpu/onnxruntime/fp32"]
     assert np.isfinite(ratio) and ratio > 0
     text = report_path.with_suffix(".txt").read_text()
     assert text.startswith("$ python -m edgetok.bench.suite")

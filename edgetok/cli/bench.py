@@ -141,7 +141,8 @@ def command(
     import importlib.util
 
     try:
-        from edgetok.bench.profile import find_configs, profile
+        from edgetok.bench.configs import find_configs
+        from edgetok.bench.profile import profile
         from edgetok.bench.table import format_report
     except ImportError as exc:  # pragma: no cover - bench ships with edgetok
         raise click.ClickException(f"the bench package is not importable here ({exc})") from None
