@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from edgetok.protocol import (
     CLOSE_CODES,
-    DTYPES,
+    HELLO_DTYPES,
     MAX_PENDING,
     RETRYABLE_ERRORS,
     Ack,
@@ -46,6 +46,7 @@ from edgetok.protocol import (
     encode_frame,
     parse_message,
 )
+from edgetok.segment_codes import SegmentCodes
 
 __all__ = [
     "AuthError",
@@ -127,6 +128,7 @@ class Client:
         identity: Identity,
         *,
         dtype: str = "fp16",
+        codes: SegmentCodes | None = None,
         buffer_frames: int = 64,
         retry_for_s: float = 30.0,
         backoff_s: float = 0.1,
@@ -135,11 +137,15 @@ class Client:
         ssl: SSLContext | None = None,
         on_transcript: Callable[[TextEvent], None] | None = None,
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype not in HELLO_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(HELLO_DTYPES)}")
+        if (dtype == "codes") != (codes is not None):
+            raise ValueError("dtype codes goes with the bundle's segment codes (codes=)")
         if buffer_frames < 1 or not retry_for_s > 0:
             raise ValueError("buffer_frames must be >= 1 and retry_for_s > 0")
-        self.url, self.identity, self.dtype = url, identity, dtype
+        self.url, self.identity, self.dtype, self.codes = url, identity, dtype, codes
+        # Float frames speak version 1, which every server understands; codes need 2.
+        self.version = 2 if codes is not None else 1
         self.buffer_frames, self.retry_for_s = buffer_frames, retry_for_s
         self.backoff_s, self.max_backoff_s, self.open_timeout_s = (
             backoff_s,
@@ -213,7 +219,9 @@ class Client:
             raise ValueError(f"vectors must be [S, {self.identity.dim}], got {vectors.shape}")
         await self._wait_for(lambda: len(self._unacked) < self.buffer_frames)
         seq = self._seq
-        data = encode_frame(seq, utterance, starts, lengths, vectors, dtype=self.dtype, end=end)
+        data = encode_frame(
+            seq, utterance, starts, lengths, vectors, dtype=self.dtype, end=end, codes=self.codes
+        )
         if self._max_frame_bytes is not None and len(data) > self._max_frame_bytes:
             raise ValueError(
                 f"a frame of {len(data)} bytes exceeds the server's limit of "
@@ -341,6 +349,7 @@ class Client:
         """Hello, then resend what is unacknowledged and send new frames while reading."""
         first = next(iter(self._unacked), self._seq)
         hello = Hello(
+            version=self.version,
             session=self.session,
             bundle=self.identity.bundle,
             aggregator_sha256=self.identity.aggregator_sha256,
@@ -349,6 +358,7 @@ class Client:
             seq=first,
             pending=tuple(self._open)[-MAX_PENDING:],
             resume_key=self._resume_key,
+            codes_sha256=self.codes.sha256 if self.codes is not None else "",
         )
         await self._write(connection, hello.to_json())
         reply = self._parse(await asyncio.wait_for(connection.recv(), self.open_timeout_s))
@@ -403,7 +413,7 @@ class Client:
         if not isinstance(data, str):
             raise RemoteError("bad_message", "the server sent a binary message")
         try:
-            return parse_message(data)
+            return parse_message(data, (self.version,))
         except ProtocolError as exc:
             raise RemoteError(exc.code, str(exc)) from None
 

@@ -1,20 +1,32 @@
-"""The device -> server wire protocol, version 1 (docs/protocol.md): pure, no I/O.
+"""The device -> server wire protocol, versions 1 and 2 (docs/protocol.md): pure, no I/O.
 
 Binary frames carry numbered batches of segments of one utterance; JSON text messages
 carry the handshake (``hello``/``ready``), acknowledgements and transcripts. Every decoder
 here is strict: anything malformed raises ``ProtocolError`` whose ``code`` names the
 error class (``CLOSE_CODES`` maps it to the websocket close code) and whose message names
-the problem.
+the problem. The hello's ``version`` is the connection's; the server answers ``ready``
+with the same one. Version 2 adds the ``codes`` dtype: segment vectors as residual VQ
+codes (``edgetok.segment_codes``) of the bundle's ``[segment_codes]`` codebooks.
 
-Frame layout (little-endian)::
+Float frame (fp16/int8, both versions; little-endian)::
 
-    header  20 bytes   magic b"ETOK", version u8, flags u8 (bit 0: end of utterance),
+    header  20 bytes   magic b"ETOK", version u8 (1), flags u8 (bit 0: end of utterance),
                        dtype u8 (1 fp16, 2 int8), reserved u8 (0), seq u32,
                        utterance u32, count u16 (S), dim u16 (D)
     starts  u32[S]     first token (50 Hz frame) of each segment in the utterance
     scales  f32[S]     int8 only: vector i is values[i] * scales[i]
     lengths u16[S]     tokens in each segment (>= 1)
     values  S*D fp16 or int8, row-major
+
+Codes frame (dtype ``codes``, version 2; varints are unsigned LEB128, minimal)::
+
+    tag     u8         0xEC
+    flags   u8         bit 0: end of utterance; bits 4-7: length bits W - 1 (W 1..16)
+    seq, utterance, count S: varints (u32; S <= 1024, 0 only with END)
+    start   varint     first token of segment 0 (absent when S = 0); the segments are
+                       contiguous: segment i starts where i - 1 ends
+    bits    S x (W bits: length - 1), then S x M codes of log2(K) bits (row-major),
+            each value's low bit first, zero-padded to a whole byte
 """
 
 from __future__ import annotations
@@ -31,17 +43,21 @@ import numpy as np
 
 if TYPE_CHECKING:
     from edgetok.bundle import Bundle
+    from edgetok.segment_codes import SegmentCodes
 
 __all__ = [
     "CLOSE_CODES",
+    "CODES_TAG",
     "DTYPES",
     "HEADER_BYTES",
+    "HELLO_DTYPES",
     "MAGIC",
     "MAX_DIM",
     "MAX_PENDING",
     "MAX_SEGMENTS",
     "MAX_UTTERANCE_S",
     "PROTOCOL_VERSION",
+    "PROTOCOL_VERSIONS",
     "RETRYABLE_ERRORS",
     "Ack",
     "Error",
@@ -61,13 +77,20 @@ __all__ = [
     "wire_identity",
 ]
 
-PROTOCOL_VERSION: typing.Final = 1
+PROTOCOL_VERSION: typing.Final = 2
+"""The newest version; a server speaks every one of ``PROTOCOL_VERSIONS``."""
+PROTOCOL_VERSIONS: typing.Final = (1, 2)
+_FLOAT_FRAME_VERSION: typing.Final = 1
 MAGIC: typing.Final = b"ETOK"
 _HEADER = struct.Struct("<4sBBBBIIHH")
 HEADER_BYTES: typing.Final = _HEADER.size
-#: Wire dtypes of vector values and their header codes.
+#: Wire dtypes of float frames and their header codes.
 DTYPES: typing.Final = {"fp16": 1, "int8": 2}
 _DTYPE_NAMES: typing.Final = {code: name for name, code in DTYPES.items()}
+#: What a hello may announce: the float dtypes, and (version 2) segment codes.
+HELLO_DTYPES: typing.Final = (*DTYPES, "codes")
+CODES_TAG: typing.Final = 0xEC
+_MAX_LENGTH_BITS: typing.Final = 16
 _FLAG_END: typing.Final = 1
 MAX_SEGMENTS: typing.Final = 1024
 """Segments in one frame."""
@@ -133,7 +156,7 @@ class Frame:
     end: bool
     """The last frame of the utterance."""
     dtype: str
-    """How the vectors travelled."""
+    """How the vectors travelled: fp16, int8 or codes (then ``vectors`` are dequantized)."""
 
 
 def frame_bytes(count: int, dim: int, dtype: str) -> int:
@@ -169,15 +192,21 @@ def encode_frame(
     *,
     dtype: str = "fp16",
     end: bool = False,
+    codes: SegmentCodes | None = None,
 ) -> bytes:
     """Encode ``S`` segments (``starts``, ``lengths`` [S], ``vectors`` float [S, D]).
 
-    int8 stores ``round(v / scale)`` with ``scale = max|v| / 127`` per vector. Raises
-    ``ProtocolError`` for input that ``decode_frame`` would refuse (non-finite values,
-    values beyond fp16's range, bad segments, too many segments).
+    int8 stores ``round(v / scale)`` with ``scale = max|v| / 127`` per vector; ``codes``
+    (with the codebooks ``codes``) a codes frame. Raises ``ProtocolError`` for input
+    that ``decode_frame`` would refuse (non-finite values, values beyond fp16's range,
+    bad segments, too many segments).
     """
+    if dtype == "codes":
+        if codes is None:
+            raise ValueError("dtype codes needs the codebooks (codes=)")
+        return _encode_codes_frame(seq, utterance, starts, lengths, vectors, codes, end)
     if dtype not in DTYPES:
-        raise ProtocolError("bad_frame", f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise ProtocolError("bad_frame", f"dtype {dtype!r} is not one of {', '.join(HELLO_DTYPES)}")
     for name, value in (("seq", seq), ("utterance", utterance)):
         if not 0 <= value < _U32:
             raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
@@ -202,7 +231,7 @@ def encode_frame(
         raise ProtocolError("bad_frame", "vectors hold NaN or infinity")
     header = _HEADER.pack(
         MAGIC,
-        PROTOCOL_VERSION,
+        _FLOAT_FRAME_VERSION,
         _FLAG_END if end else 0,
         DTYPES[dtype],
         0,
@@ -237,22 +266,32 @@ def decode_frame(
     max_bytes: int | None = None,
     dim: int | None = None,
     dtype: str | None = None,
+    codes: SegmentCodes | None = None,
 ) -> Frame:
     """Decode and check one frame; ``dim``/``dtype``, when given, must match the header.
+    A codes frame (``dtype`` codes) needs the codebooks ``codes``.
 
     Raises ``ProtocolError``: ``too_large`` beyond ``max_bytes``, else ``bad_frame``.
     """
     size = len(data)
     if max_bytes is not None and size > max_bytes:
         raise ProtocolError("too_large", f"frame of {size} bytes; the limit is {max_bytes}")
+    if dtype == "codes":
+        if codes is None:
+            raise ValueError("dtype codes needs the codebooks (codes=)")
+        if dim is not None and codes.dim != dim:
+            raise ValueError(f"codebooks of D = {codes.dim} for vectors of D = {dim}")
+        return _decode_codes_frame(data, codes)
+    if size and data[0] == CODES_TAG:
+        raise ProtocolError("bad_frame", f"a codes frame, but the hello said {dtype}")
     if size < HEADER_BYTES:
         raise ProtocolError("bad_frame", f"frame of {size} bytes; the header is {HEADER_BYTES}")
     magic, version, flags, code, reserved, seq, utterance, count, width = _HEADER.unpack_from(data)
     problem = None
     if magic != MAGIC:
         problem = f"magic {magic!r}, expected {MAGIC!r}"
-    elif version != PROTOCOL_VERSION:
-        problem = f"protocol version {version}; this side speaks {PROTOCOL_VERSION}"
+    elif version != _FLOAT_FRAME_VERSION:
+        problem = f"float frame version {version}; this side reads {_FLOAT_FRAME_VERSION}"
     elif flags & ~_FLAG_END or reserved:
         problem = f"unknown flags {flags:#04x} or reserved byte {reserved}"
     elif code not in _DTYPE_NAMES:
@@ -301,6 +340,132 @@ def decode_frame(
         vectors=vectors.reshape(count, width),
         end=bool(flags & _FLAG_END),
         dtype=name,
+    )
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, offset: int, name: str) -> tuple[int, int]:
+    """A minimal LEB128 u32 at ``offset``: (value, next offset)."""
+    value = 0
+    for i in range(5):
+        if offset + i >= len(data):
+            raise ProtocolError("bad_frame", f"codes frame ends inside {name}")
+        byte = data[offset + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if i and not byte:
+                raise ProtocolError("bad_frame", f"{name}: a varint with a redundant last byte")
+            if value >= _U32:
+                raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+            return value, offset + i + 1
+    raise ProtocolError("bad_frame", f"{name}: a varint longer than 5 bytes")
+
+
+def codes_frame_bytes(count: int, length_bits: int, codes: SegmentCodes, head: int) -> int:
+    """Size of a codes frame of ``count`` segments whose varints take ``head`` bytes."""
+    return 2 + head + (count * (length_bits + codes.bits) + 7) // 8
+
+
+def _encode_codes_frame(
+    seq: int,
+    utterance: int,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    vectors: np.ndarray,
+    codes: SegmentCodes,
+    end: bool,
+) -> bytes:
+    from edgetok.segment_codes import bits_of, code_bits
+
+    for name, value in (("seq", seq), ("utterance", utterance)):
+        if not 0 <= value < _U32:
+            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if vectors.ndim != 2 or vectors.shape[1] != codes.dim:
+        raise ProtocolError("bad_frame", f"vectors must be [S, {codes.dim}] for these codes")
+    count = len(vectors)
+    if not len(starts) == len(lengths) == count:
+        raise ProtocolError(
+            "bad_frame", f"{len(starts)} starts, {len(lengths)} lengths, {count} vectors"
+        )
+    if count > MAX_SEGMENTS:
+        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
+    if count == 0 and not end:
+        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    if count and (int(lengths.min()) < 1 or int(lengths.max()) > 1 << _MAX_LENGTH_BITS):
+        raise ProtocolError("bad_frame", f"lengths must be in 1..{1 << _MAX_LENGTH_BITS}")
+    if count and (int(starts[0]) < 0 or np.any(starts[1:] != (starts + lengths)[:-1])):
+        raise ProtocolError("bad_frame", "a codes frame carries contiguous segments only")
+    if count and int(starts[-1] + lengths[-1]) > _U32 - 1:
+        raise ProtocolError("bad_frame", "a segment ends beyond frame 2**32 - 1")
+    if not np.all(np.isfinite(vectors)):
+        raise ProtocolError("bad_frame", "vectors hold NaN or infinity")
+    width = max(1, int(lengths.max() - 1).bit_length()) if count else 1
+    head = _varint(seq) + _varint(utterance) + _varint(count)
+    if count:
+        head += _varint(int(starts[0]))
+    bits = np.concatenate(
+        [bits_of(lengths - 1, width), bits_of(codes.encode(vectors), code_bits(codes.size))]
+    )
+    flags = (1 if end else 0) | (width - 1) << 4
+    body = np.packbits(bits, bitorder="little").tobytes()
+    return bytes([CODES_TAG, flags]) + head + body
+
+
+def _decode_codes_frame(data: bytes, codes: SegmentCodes) -> Frame:
+    from edgetok.segment_codes import code_bits, values_of
+
+    if len(data) < 2 or data[0] != CODES_TAG:
+        raise ProtocolError("bad_frame", "not a codes frame (tag 0xEC, then flags and varints)")
+    flags = data[1]
+    if flags & 0x0E:
+        raise ProtocolError("bad_frame", f"unknown flags {flags:#04x}")
+    end, width = bool(flags & 1), (flags >> 4) + 1
+    seq, offset = _read_varint(data, 2, "seq")
+    utterance, offset = _read_varint(data, offset, "utterance")
+    count, offset = _read_varint(data, offset, "count")
+    if count > MAX_SEGMENTS:
+        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
+    if count == 0 and not end:
+        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    start = 0
+    if count:
+        start, offset = _read_varint(data, offset, "start")
+    bits = code_bits(codes.size)
+    n = count * (width + codes.stages * bits)
+    if len(data) - offset != (n + 7) // 8:
+        raise ProtocolError(
+            "bad_frame",
+            f"codes frame of {len(data)} bytes; {count} segments of {width} + "
+            f"{codes.stages} x {bits} bits need {offset + (n + 7) // 8}",
+        )
+    bit_array = np.unpackbits(np.frombuffer(data, np.uint8, offset=offset), bitorder="little")
+    if bit_array[n:].any():
+        raise ProtocolError("bad_frame", "codes frame: padding bits must be zero")
+    lengths = values_of(bit_array[: count * width], width).astype(np.int64) + 1
+    values = values_of(bit_array[count * width : n], bits).reshape(count, codes.stages)
+    starts = start + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    if count and int(starts[-1] + lengths[-1]) > _U32 - 1:
+        raise ProtocolError("bad_frame", "a segment ends beyond frame 2**32 - 1")
+    return Frame(
+        seq=seq,
+        utterance=utterance,
+        starts=starts[:count],
+        lengths=lengths,
+        vectors=codes.decode(values),
+        end=end,
+        dtype="codes",
     )
 
 
@@ -370,18 +535,33 @@ class Hello(_Message):
     """Utterances whose ``final`` the client has not received."""
     resume_key: str = ""
     """The session's secret from the ``ready`` that opened it; required to resume it."""
+    codes_sha256: str = ""
+    """Version 2, dtype ``codes``: the sha256 of the bundle's codebooks file."""
 
     @property
     def identity(self) -> Identity:
         return Identity(bundle=self.bundle, aggregator_sha256=self.aggregator_sha256, dim=self.dim)
+
+    def to_json(self) -> str:
+        """Version 1 hellos leave out the field version 1 does not know."""
+        data = {"type": self.TYPE, **asdict(self)}
+        if self.version == 1:
+            data.pop("codes_sha256")
+        return json.dumps(data, separators=(",", ":"))
 
     def _validate(self) -> None:
         if _SESSION.fullmatch(self.session) is None:
             raise ProtocolError("bad_message", "hello: session must be 1-64 of [A-Za-z0-9_-]")
         if _SHA256.fullmatch(self.aggregator_sha256) is None:
             raise ProtocolError("bad_message", "hello: aggregator_sha256 is not a sha256")
-        if self.dtype not in DTYPES or not 0 < self.dim <= MAX_DIM:
+        if self.dtype not in HELLO_DTYPES or not 0 < self.dim <= MAX_DIM:
             raise ProtocolError("bad_message", f"hello: dtype {self.dtype!r}, dim {self.dim}")
+        if self.dtype == "codes" and self.version < 2:
+            raise ProtocolError("bad_message", "hello: dtype codes needs protocol version 2")
+        if (self.dtype == "codes") != bool(self.codes_sha256):
+            raise ProtocolError("bad_message", "hello: codes_sha256 goes with dtype codes only")
+        if self.codes_sha256 and _SHA256.fullmatch(self.codes_sha256) is None:
+            raise ProtocolError("bad_message", "hello: codes_sha256 is not a sha256")
         if len(self.pending) > MAX_PENDING:
             raise ProtocolError("bad_message", f"hello: more than {MAX_PENDING} pending")
         if self.resume_key and _SESSION.fullmatch(self.resume_key) is None:
@@ -479,10 +659,11 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def parse_message(text: str | bytes) -> Message:
+def parse_message(text: str | bytes, versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> Message:
     """Parse one JSON message strictly: known type, every field present and typed, no extra.
 
-    A ``hello`` of another protocol version raises ``ProtocolError`` with code ``version``.
+    A message of a protocol version not in ``versions`` raises ``ProtocolError`` with
+    code ``version``.
     """
     try:
         data = json.loads(text)
@@ -493,12 +674,15 @@ def parse_message(text: str | bytes) -> Message:
         shown = _shown(kind) if isinstance(data, dict) else repr(type(data).__name__)
         raise ProtocolError("bad_message", f"unknown message type {shown}")
     cls = _TYPES[data.pop("type")]
-    if "version" in data and data["version"] != PROTOCOL_VERSION:
+    version = data.get("version")
+    if "version" in data and not any(version == v and type(version) is int for v in versions):
         raise ProtocolError(
             "version",
-            f"{cls.TYPE}: protocol version {_shown(data['version'])}; this side speaks "
-            f"{PROTOCOL_VERSION}",
+            f"{cls.TYPE}: protocol version {_shown(version)}; this side speaks "
+            f"{' and '.join(map(str, versions))}",
         )
+    if version == 1 and cls is Hello and "codes_sha256" in data:
+        raise ProtocolError("bad_message", "hello: unknown field 'codes_sha256' in version 1")
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in data:

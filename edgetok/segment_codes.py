@@ -13,12 +13,16 @@ segments as S * M * log2(K) bits, the bytes a wire frame would carry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["SegmentCodes", "code_bits", "pack", "unpack"]
+if TYPE_CHECKING:
+    from edgetok.bundle import Bundle
+
+__all__ = ["SegmentCodes", "bits_of", "code_bits", "pack", "unpack", "values_of"]
 
 
 def code_bits(size: int) -> int:
@@ -41,9 +45,11 @@ def _nearest(x: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class SegmentCodes:
     """Residual VQ codebooks float32 [M, K, D]: ``encode`` on the device, ``decode`` on
-    the server."""
+    the server. ``sha256``: of the file they came from (a bundle's ``[segment_codes]``),
+    what a device and a server compare."""
 
     codebooks: np.ndarray
+    sha256: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         books = self.codebooks
@@ -73,6 +79,15 @@ class SegmentCodes:
                 raise ValueError(f"{path}: has {books.shape[0]} stages, asked for {stages}")
             books = books[:stages]
         return cls(np.ascontiguousarray(books, dtype=np.float32))
+
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> SegmentCodes | None:
+        """The codebooks of ``bundle``'s ``[segment_codes]`` (checked by ``load_bundle``),
+        or None when it has none."""
+        if bundle.segment_codes is None:
+            return None
+        books = np.load(bundle.segment_codes_path, allow_pickle=False)
+        return cls(np.ascontiguousarray(books, np.float32), sha256=bundle.segment_codes.sha256)
 
     def save(self, path: str | Path) -> None:
         np.save(Path(path), self.codebooks, allow_pickle=False)
@@ -131,18 +146,28 @@ class SegmentCodes:
         return out
 
 
+def bits_of(values: np.ndarray, bits: int) -> np.ndarray:
+    """The bits uint8 (0/1) of ``values`` (each < 2^bits), value by value in row-major
+    order, each value's low bit first."""
+    v = np.asarray(values)
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    if v.size and (v.min() < 0 or int(v.max()) >> bits):
+        raise ValueError(f"values must be in [0, 2^{bits})")
+    shifts = np.arange(bits, dtype=np.uint32)
+    return ((v.astype(np.uint32).reshape(-1)[:, None] >> shifts) & 1).astype(np.uint8).ravel()
+
+
+def values_of(bit_array: np.ndarray, bits: int) -> np.ndarray:
+    """The values uint16 that ``bits_of`` wrote (its length a multiple of ``bits``)."""
+    weights = np.uint32(1) << np.arange(bits, dtype=np.uint32)
+    return (bit_array.reshape(-1, bits).astype(np.uint32) * weights).sum(axis=1).astype(np.uint16)
+
+
 def pack(codes: np.ndarray, bits: int) -> bytes:
     """Codes [S, M] (each < 2^bits) as S * M * bits bits, little-endian bit order (code
     by code, row-major; each code's low bit first), zero-padded to whole bytes."""
-    c = np.asarray(codes)
-    if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be in 1..16, got {bits}")
-    if c.size and (c.min() < 0 or int(c.max()) >> bits):
-        raise ValueError(f"codes must be in [0, 2^{bits})")
-    flat = c.astype(np.uint32).reshape(-1)
-    shifts = np.arange(bits, dtype=np.uint32)
-    bit_array = ((flat[:, None] >> shifts[None, :]) & 1).astype(np.uint8).reshape(-1)
-    return np.packbits(bit_array, bitorder="little").tobytes()
+    return np.packbits(bits_of(codes, bits), bitorder="little").tobytes()
 
 
 def unpack(data: bytes, count: int, stages: int, bits: int) -> np.ndarray:
@@ -158,6 +183,4 @@ def unpack(data: bytes, count: int, stages: int, bits: int) -> np.ndarray:
     bit_array = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
     if bit_array[n:].any():
         raise ValueError("padding bits must be zero")
-    weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32))[None, :]
-    values = (bit_array[:n].reshape(-1, bits).astype(np.uint32) * weights).sum(axis=1)
-    return values.astype(np.uint16).reshape(count, stages)
+    return values_of(bit_array[:n], bits).reshape(count, stages)

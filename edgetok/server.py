@@ -58,6 +58,7 @@ from edgetok.protocol import (
     parse_message,
 )
 from edgetok.scheduler import FairScheduler
+from edgetok.segment_codes import SegmentCodes
 
 __all__ = [
     "BackgroundServer",
@@ -368,13 +369,23 @@ class Server:
     """Connection handling for ``serve``; ``decoder`` turns float32 [S, D] into text."""
 
     def __init__(
-        self, decoder: Decoder, identity: Identity, *, token: str, limits: Limits | None = None
+        self,
+        decoder: Decoder,
+        identity: Identity,
+        *,
+        token: str,
+        limits: Limits | None = None,
+        codes: SegmentCodes | None = None,
     ) -> None:
         token = token.strip()  # as the client sends it and as a header is read
         if not token:
             raise ValueError("the server needs a non-empty bearer token")
         self.decode = decoder.decode if isinstance(decoder, SupportsDecode) else decoder
         self.identity = identity
+        self.codes = codes
+        """The bundle's segment codes: protocol 2 clients may send codes frames."""
+        if codes is not None and codes.dim != identity.dim:
+            raise ValueError(f"codebooks of D = {codes.dim} for vectors of D = {identity.dim}")
         self.limits = limits = limits or Limits()
         limits.check_dim(identity.dim)
         self.stats = ServerStats()
@@ -525,12 +536,15 @@ class Server:
                 f"{mine.aggregator_sha256[:12]}, dim {mine.dim}; the client sent "
                 f"{theirs.bundle!r}, {theirs.aggregator_sha256[:12]}, dim {theirs.dim}",
             )
+        if hello.dtype == "codes":
+            self._check_codes(hello)
         if hello.session not in self._sessions:
             await self._make_room(None, SESSION_BYTES)
         session, resumed = self._attach(hello, connection)
         self.stats.connections += 1
         limits = self.limits
         ready = Ready(
+            version=hello.version,
             session=session.id,
             resumed=resumed,
             max_frame_bytes=limits.max_frame_bytes,
@@ -623,13 +637,31 @@ class Server:
                 return
             await ledger.freed.wait()
 
+    def _check_codes(self, hello: Hello) -> None:
+        """A codes hello names the codebooks this server decodes with."""
+        if self.codes is None:
+            raise ProtocolError(
+                "identity",
+                f"bundle {self.identity.bundle!r} has no segment codes here; send fp16 or int8",
+            )
+        if hello.codes_sha256 != self.codes.sha256:
+            raise ProtocolError(
+                "identity",
+                f"this server's segment codebooks are {self.codes.sha256[:12]}; the client "
+                f"sent {hello.codes_sha256[:12]}: device and server bundles differ",
+            )
+
     async def _frame(
         self, connection: ServerConnection, session: _Session, data: bytes, dtype: str
     ) -> None:
         """Decode, wait for room, apply (or skip a duplicate), acknowledge, and start
         decoding."""
         frame = decode_frame(
-            data, max_bytes=self.limits.max_frame_bytes, dim=self.identity.dim, dtype=dtype
+            data,
+            max_bytes=self.limits.max_frame_bytes,
+            dim=self.identity.dim,
+            dtype=dtype,
+            codes=self.codes,
         )
         await self._make_room(session, session.cost(frame))
         if session.connection is not connection:  # superseded while it waited
@@ -702,9 +734,11 @@ async def serve(
     port: int = 0,
     limits: Limits | None = None,
     ssl: SSLContext | None = None,
+    codes: SegmentCodes | None = None,
 ) -> AsyncIterator[Server]:
-    """Serve until the block exits; yields the ``Server`` (``port`` is the bound port)."""
-    server = Server(decoder, identity, token=token, limits=limits)
+    """Serve until the block exits; yields the ``Server`` (``port`` is the bound port);
+    ``codes``: the bundle's segment codes, for protocol 2 codes frames."""
+    server = Server(decoder, identity, token=token, limits=limits, codes=codes)
     with quiet_accept(asyncio.get_running_loop()):
         async with ws_serve(
             server.handle,

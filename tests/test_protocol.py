@@ -136,7 +136,7 @@ INT8 = _frame(dtype="int8")
 MALFORMED = {
     "short": (FP16[:10], "the header is 20"),
     "bad magic": (b"XTOK" + FP16[4:], "magic"),
-    "bad version": (_patched(FP16, 4, "<B", 2), "protocol version 2"),
+    "bad version": (_patched(FP16, 4, "<B", 2), "float frame version 2"),
     "unknown flag": (_patched(FP16, 5, "<B", 2), "unknown flags"),
     "reserved byte": (_patched(FP16, 7, "<B", 1), "reserved"),
     "unknown dtype": (_patched(FP16, 6, "<B", 9), "dtype code 9"),
@@ -262,7 +262,7 @@ def _hello(**changes) -> str:
         ('{"type": "ack", "seq": true}', "bad_message", "integer"),
         ('{"type": "ack", "seq": -1}', "bad_message", "integer"),
         ('{"type": "ack", "seq": 1, "x": 0}', "bad_message", "unknown field 'x'"),
-        (_hello(version=2), "version", "protocol version 2"),
+        (_hello(version=3), "version", "protocol version 3"),
         (_hello(version=...), "bad_message", "missing field 'version'"),
         (_hello(session="a b"), "bad_message", "session"),
         (_hello(aggregator_sha256="AB" * 32), "bad_message", "sha256"),

@@ -768,7 +768,7 @@ def test_hello_is_checked(stage: DecoderStage, identity: Identity) -> None:
                 (hello(identity, aggregator_sha256="0" * 64).to_json(), "identity"),
                 (hello(identity, bundle="other").to_json(), "identity"),
                 (hello(identity, dim=D + 1).to_json(), "identity"),
-                (hello(identity).to_json().replace('"version":1', '"version":2'), "version"),
+                (hello(identity).to_json().replace('"version":2', '"version":3'), "version"),
                 (encode_frame(0, 0, [0], [1], np.zeros((1, D))), "bad_message"),
                 ('{"type": "ack", "seq": 0}', "bad_message"),
             ]
