@@ -9,10 +9,14 @@ import logging
 import secrets
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgetok.cli._common import beam_option, token_options
+
+if TYPE_CHECKING:
+    from edgetok.serve_ray import RaySettings
 
 
 @click.command("serve")
@@ -74,6 +78,38 @@ from edgetok.cli._common import beam_option, token_options
     help="When --max-connections are open, one idle this long gives its place to a new one.",
 )
 @beam_option
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Decode on a Ray Serve deployment that batches requests across devices and "
+    "scales its replicas (needs the serve extra; docs/scale.md).",
+)
+@click.option(
+    "--address",
+    help="With --ray: the Ray cluster to join (e.g. ray://head:10001 or auto); default: "
+    "start a local one.",
+)
+@click.option(
+    "--replicas",
+    default="1:2",
+    show_default=True,
+    help="With --ray: the fewest and most decoder replicas, MIN:MAX.",
+)
+@click.option(
+    "--max-batch",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --ray: requests one replica decodes together at most.",
+)
+@click.option(
+    "--batch-wait-ms",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --ray: how long a replica waits for a batch to fill.",
+)
 def command(
     bundle: Path | None,
     host: str,
@@ -89,6 +125,11 @@ def command(
     idle_timeout: float,
     idle_yield: float,
     beam: int,
+    use_ray: bool,
+    address: str | None,
+    replicas: str,
+    max_batch: int,
+    batch_wait_ms: float,
 ) -> None:
     """Decode segment vectors sent by edgetok devices into text (protocol: docs/protocol.md).
 
@@ -104,6 +145,9 @@ def command(
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if address is not None and not use_ray:
+        raise click.UsageError("--address is for --ray")
+    ray_settings = _ray_settings(use_ray, address, replicas, max_batch, batch_wait_ms)
     context = None
     if tls_cert is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -114,8 +158,9 @@ def command(
         token = secrets.token_urlsafe(24)
         click.echo(f"no --token or EDGETOK_TOKEN: clients must send token {token}", err=True)
     try:
-        loaded = load_bundle(bundle or default_bundle_path())
-        decoder = server_decoder(loaded, beam=beam)
+        bundle = bundle or default_bundle_path()
+        loaded = load_bundle(bundle)
+        decoder = None if ray_settings else server_decoder(loaded, beam=beam)
         identity = wire_identity(loaded)
         limits = Limits(
             max_connections=max_connections,
@@ -127,12 +172,20 @@ def command(
             max_sessions=max(256, max_connections),
             idle_timeout_s=idle_timeout,
             idle_yield_s=idle_yield,
+            # With --ray a decode thread only waits for the deployment: one per connection
+            # lets every device's request join a batch.
+            **({"decode_threads": max_connections} if ray_settings else {}),
         )
         limits.check_dim(identity.dim)
     except (BundleError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    if ray_settings:
+        from edgetok import serve_ray
+
+        decoder = serve_ray.start(bundle, beam, ray_settings)
+        click.echo(f"decoding on Ray Serve: {ray_settings}", err=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -156,6 +209,34 @@ def command(
         asyncio.run(main())
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+    finally:
+        if ray_settings:
+            serve_ray.stop(ray_settings)
+
+
+def _ray_settings(
+    use_ray: bool, address: str | None, replicas: str, max_batch: int, batch_wait_ms: float
+) -> RaySettings | None:
+    """The --ray options, checked; None without --ray (Ray is then never imported)."""
+    if not use_ray:
+        return None
+    try:
+        from edgetok.serve_ray import RaySettings
+    except ImportError as exc:
+        raise click.ClickException(
+            f"--ray needs Ray Serve: pip install 'edgetok[serve]' ({exc})"
+        ) from None
+    low, _, high = replicas.partition(":")
+    try:
+        return RaySettings(
+            address=address,
+            min_replicas=int(low),
+            max_replicas=int(high or low),
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_ms / 1000,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(f"{replicas!r}: {exc}", param_hint="--replicas") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,145 @@
+"""``edgetok serve --ray``: the server decoder as a Ray Serve deployment.
+
+The websocket front (``edgetok.server``: auth, acks, resume, budgets, fair turns) is
+unchanged; only the decoding call goes elsewhere. Each decode is a request to the
+``EdgetokDecoder`` deployment, whose replicas gather requests from every device into
+batches (``@serve.batch``, at most ``max_batch`` requests or ``batch_wait_s`` of waiting)
+and decode each batch in one lockstep beam search (``WhisperDecoderStage.decode_batch``,
+the plain server's code path with a batch of one), through a step graph that masks the
+padding of shorter utterances (``edgetok.masked_step``). Ray Serve's autoscaler adds and
+removes replicas by the requests each one has ongoing. A replica that dies mid-batch is
+restarted by Ray; ``RayDecoder`` sends its requests again (decoding is pure), so no
+utterance is lost. Ray is the ``serve`` extra and never part of the device install.
+
+In v2 bundles the aggregator runs on the device: a server receives segment vectors, so
+the decoder is the only deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from edgetok.bundle import load_bundle
+from edgetok.masked_step import open_masked_step
+from edgetok.runtime import SessionOptions
+from edgetok.whisper_decoding import WhisperDecoderStage
+
+__all__ = ["APP", "DEPLOYMENT", "RayDecoder", "RaySettings", "start", "stop"]
+
+log = logging.getLogger(__name__)
+
+APP = "edgetok"
+DEPLOYMENT = "EdgetokDecoder"
+"""Replica processes are titled ``ray::ServeReplica:edgetok:EdgetokDecoder``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RaySettings:
+    """Where the deployment runs and how it batches and scales."""
+
+    address: str | None = None
+    """An existing cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None starts
+    a local one for this process."""
+    min_replicas: int = 1
+    max_replicas: int = 2
+    max_batch: int = 16
+    """Requests decoded together at most."""
+    batch_wait_s: float = 0.02
+    """How long a replica waits for a batch to fill before decoding what it has."""
+    threads: int = 1
+    """ONNX Runtime threads (and Ray CPUs) per replica."""
+    retry_for_s: float = 120.0
+    """How long a request is sent again while replicas are dead or restarting."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("replicas: need 1 <= min <= max")
+        if self.max_batch < 1 or self.threads < 1 or self.batch_wait_s < 0:
+            raise ValueError("max_batch and threads must be >= 1, batch_wait_s >= 0")
+
+
+@serve.deployment(name=DEPLOYMENT)
+class BatchDecoder:
+    """One replica: the bundle's decoder with the masked step graph, fed in batches."""
+
+    def __init__(self, bundle: str, beam: int, max_batch: int, wait_s: float, threads: int):
+        loaded = load_bundle(Path(bundle))
+        if "decoder_step" not in loaded.models:
+            raise ValueError(f"{bundle}: --ray serves v2 bundles (Whisper decoder graphs) only")
+        options = SessionOptions(threads=threads)
+        plain = WhisperDecoderStage.from_bundle(loaded, options, beam=beam)
+        step = open_masked_step(loaded, options)
+        self.stage = WhisperDecoderStage(plain.context, step, plain.vocab, beam=beam)
+        self.decode.set_max_batch_size(max_batch)
+        self.decode.set_batch_wait_timeout_s(wait_s)
+
+    @serve.batch
+    async def decode(self, batch: list[np.ndarray]) -> list[str]:
+        """Texts of a batch of requests, decoded off the replica's event loop."""
+        return await asyncio.to_thread(self.stage.decode_batch, batch)
+
+
+class RayDecoder:
+    """The front's decoder: ``decode(vectors)`` is a request to the deployment, sent
+    again while the replica it went to is dead or restarting. Thread-safe; blocks."""
+
+    def __init__(self, handle: serve.handle.DeploymentHandle, retry_for_s: float) -> None:
+        self.handle, self.retry_for_s = handle, retry_for_s
+        self.resent = 0
+        """Requests sent again after a replica died."""
+
+    def decode(self, vectors: np.ndarray) -> str:
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                return self.handle.decode.remote(vectors).result()
+            except (RayActorError, ActorUnavailableError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                self.resent += 1
+                log.warning(
+                    "decoder replica lost (%s); sending the request again", type(exc).__name__
+                )
+                time.sleep(0.2)
+
+
+def start(bundle: Path, beam: int, settings: RaySettings) -> RayDecoder:
+    """Join the cluster at ``settings.address`` (or start a local one), deploy the
+    decoder of ``bundle`` and return the front's handle to it."""
+    ray.init(
+        address=settings.address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    serve.start(proxy_location="Disabled")  # the websocket front is edgetok's own
+    app = BatchDecoder.options(
+        autoscaling_config={
+            "min_replicas": settings.min_replicas,
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.max_batch,
+            "upscale_delay_s": 3.0,
+            "downscale_delay_s": 60.0,
+        },
+        max_ongoing_requests=2 * settings.max_batch,
+        ray_actor_options={"num_cpus": settings.threads},
+    ).bind(str(bundle.resolve()), beam, settings.max_batch, settings.batch_wait_s, settings.threads)
+    handle = serve.run(app, name=APP, route_prefix=None)
+    return RayDecoder(handle, settings.retry_for_s)
+
+
+def stop(settings: RaySettings) -> None:
+    """Remove the deployment from a local cluster and stop it; on a cluster joined by
+    address the deployment stays for the next front."""
+    if settings.address is None:
+        serve.shutdown()
+    ray.shutdown()
