@@ -4,6 +4,9 @@
 ``DecoderPack`` (compression rule -> starts, ``AggregatorStage`` -> one vector per segment,
 ``DecoderStage`` -> text). ``Transcriber`` wires one utterance through them; the pack is
 the bundle's own or a baseline's (dense or fixed-rate) exported pack directory.
+
+The segmenter's modules (Numba) are imported where they are used, so a server that only
+decodes (``server_decoder``) does not hold them.
 """
 
 from __future__ import annotations
@@ -13,18 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from edgetok.beam import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY, beam_search, log_softmax
 from edgetok.bundle import Bundle
 from edgetok.codebook import nearest_centroid
-from edgetok.compress import Compression
 from edgetok.frontend import FrontendConfig, log_mel
 from edgetok.runtime import Session, SessionOptions, open_session
-from edgetok.segment import frames_to_padded, segments_to_padded, warmup
 from edgetok.vocab import BOS, EOS, VOCAB, decode_ids
+
+if TYPE_CHECKING:
+    from edgetok.compress import Compression
 
 __all__ = [
     "COMPRESSION_FILE",
@@ -76,6 +80,8 @@ def device_roles(bundle: Bundle) -> tuple[str, ...]:
 
 def bundle_compression(bundle: Bundle) -> Compression:
     """The bundle's entropy segmentation rule."""
+    from edgetok.compress import Compression
+
     seg = bundle.segmenter
     return Compression(
         mode="entropy",
@@ -178,6 +184,8 @@ class AggregatorStage:
     def feeds(self, source: np.ndarray, starts: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
         """The model's inputs: ``source`` cut at ``starts`` [S >= 1], padded to ``max_len``,
         and the mask."""
+        from edgetok.segment import frames_to_padded, segments_to_padded
+
         if self.reads_frames:
             padded, mask = frames_to_padded(source, starts, max_len)
             return {"frames": padded, "mask": mask}
@@ -373,6 +381,8 @@ class DecoderPack:
         """A pack directory: ``aggregator.onnx``, ``decoder.onnx``, ``compression.json``;
         a v2 pack has ``decoder_context.onnx``, ``decoder_step.onnx`` and
         ``vocabulary.txt`` instead of ``decoder.onnx``."""
+        from edgetok.compress import Compression
+
         directory = Path(directory)
         rule = directory / COMPRESSION_FILE
         if not rule.is_file():
@@ -486,6 +496,8 @@ class Transcriber:
         self.tokenizer = TokenizerStage.from_bundle(bundle, options)
         self.entropy = EntropyStage(bundle.open("entropy_lm", options=options))
         self.pack = pack or DecoderPack.from_bundle(bundle, options, beam=beam)
+        from edgetok.segment import warmup
+
         warmup()  # the segmenter's one-time Numba load, kept off the first utterance
 
     def encode(self, audio: np.ndarray) -> Encoded:
