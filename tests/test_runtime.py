@@ -111,8 +111,21 @@ def test_options_reach_onnxruntime(models: Path) -> None:
     assert applied.inter_op_num_threads == 1
     assert applied.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert session._session.get_providers() == ["CPUExecutionProvider"]
+    assert applied.enable_mem_pattern and applied.enable_cpu_mem_arena
     default = open_session(models / "decoder.onnx")._session.get_session_options()
     assert default.intra_op_num_threads == 1
+
+
+def test_memory_options_reach_onnxruntime(models: Path) -> None:
+    extra = {"memory_pattern": False, "cpu_arena": False}
+    session = open_session(models / "decoder.onnx", options=SessionOptions(extra=extra))
+    applied = session._session.get_session_options()
+    assert not applied.enable_mem_pattern and not applied.enable_cpu_mem_arena
+    prefix = np.ones((1, 2, D), np.float32)
+    text = np.array([[1, 4]], dtype=np.int64)
+    w = weights()
+    expected = w["Tx"][text] + prefix.sum(axis=1, keepdims=True) @ w["P"]
+    np.testing.assert_array_equal(session.run({"prefix": prefix, "text": text})["logits"], expected)
 
 
 @pytest.mark.parametrize(
@@ -122,6 +135,7 @@ def test_options_reach_onnxruntime(models: Path) -> None:
         ({"graph_optimization_level": "max"}, "graph_optimization_level 'max' is not one of"),
         ({"providers": ["CUDAExecutionProvider"]}, "'CUDAExecutionProvider' is not available"),
         ({"providers": []}, "providers must name at least one"),
+        ({"cpu_arena": "no"}, "cpu_arena must be True or False, got 'no'"),
     ],
 )
 def test_bad_adapter_options(models: Path, extra: dict, message: str) -> None:

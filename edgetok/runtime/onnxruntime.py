@@ -9,6 +9,11 @@ hint is not used. ``SessionOptions.extra`` keys:
   that is not available here is an error, never a silent fallback.
 - ``graph_optimization_level``: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``
   (default).
+- ``memory_pattern``: bool, default True: plan the intermediates of each new input shape
+  into one block. For a graph run with ever-changing shapes (a decoder step over a growing
+  cache) the plans do not repeat, and each run's block grows the arena.
+- ``cpu_arena``: bool, default True: ONNX Runtime's CPU arena keeps every block it took
+  from the allocator for later runs; False gives freed memory back to the C allocator.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ _GRAPH_LEVELS: Final = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_EXTRA_KEYS: Final = ("providers", "graph_optimization_level")
+_EXTRA_KEYS: Final = ("providers", "graph_optimization_level", "memory_pattern", "cpu_arena")
+_FLAGS: Final = {"memory_pattern": "enable_mem_pattern", "cpu_arena": "enable_cpu_mem_arena"}
 # ONNX element type names that differ from numpy's.
 _ONNX_TO_NUMPY: Final = {"float": "float32", "double": "float64"}
 # What ONNX Runtime raises for a model it cannot parse, load or run (none derives from
@@ -69,6 +75,11 @@ class OnnxRuntimeSession:
         session_options.inter_op_num_threads = 1
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.graph_optimization_level = _GRAPH_LEVELS[level]
+        for key, attribute in _FLAGS.items():
+            value = options.extra.get(key, True)
+            if not isinstance(value, bool):
+                raise ValueError(f"onnxruntime: {key} must be True or False, got {value!r}")
+            setattr(session_options, attribute, value)
 
         self.path = path
         try:
