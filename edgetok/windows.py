@@ -46,7 +46,10 @@ class WindowScheme:
     length is passed as ``<AXIS>_valid``. ``outputs``: output name -> {dim: (axis,
     divisor)}: the real output size is ``ceil(real axis length / divisor)``. ``sizes``:
     axis -> the window sizes compiled, ascending. ``fixed``: input name -> {dim: size}
-    for the other dims that are fixed to one value (the batch of 1).
+    for the other dims that are fixed to one value (the batch of 1). A scheme serves both
+    bundle generations: an input it names that a model lacks is skipped (v1's aggregator
+    reads ``tokens``, v2's ``frames``), and a model gives the first of ``outputs`` in
+    their order (v1's tokenizer ``features``, v2's also ``frames``).
     """
 
     role: str
@@ -71,8 +74,8 @@ SCHEMES: Final[dict[str, WindowScheme]] = {
         role="tokenizer",
         inputs={"mel": {1: "T"}},
         valid=("T",),
-        outputs={"features": {1: ("T", 2)}},
-        sizes={"T": (512, 1024, 2048)},  # mel frames: 5.1, 10.2, 20.5 s
+        outputs={"features": {1: ("T", 2)}, "frames": {1: ("T", 2)}},  # v2 also: frames
+        sizes={"T": (512, 1024, 2048, 3000)},  # mel frames: 5.1, 10.2, 20.5, 30 s
         fixed={"mel": {0: 1}},
     ),
     "entropy_lm": WindowScheme(
@@ -80,12 +83,12 @@ SCHEMES: Final[dict[str, WindowScheme]] = {
         inputs={"tokens": {1: "T"}},
         valid=(),  # causal: right padding never reaches an earlier position
         outputs={"entropy": {1: ("T", 1)}, "logits": {1: ("T", 1)}},
-        sizes={"T": (256, 512, 1024)},  # tokens at 50 Hz: 5.1, 10.2, 20.5 s
+        sizes={"T": (256, 512, 1024, 1536)},  # tokens at 50 Hz: 5.1, 10.2, 20.5, 30.7 s
         fixed={"tokens": {0: 1}},
     ),
     "aggregator": WindowScheme(
         role="aggregator",
-        inputs={"tokens": {0: "N"}, "mask": {0: "N"}},
+        inputs={"tokens": {0: "N"}, "frames": {0: "N"}, "mask": {0: "N"}},  # v1 tokens, v2 frames
         valid=(),  # rows are independent; padded rows are dropped
         outputs={"vectors": {0: ("N", 1)}},
         sizes={"N": (64, 256, 1024)},
@@ -127,6 +130,8 @@ def _lengths(scheme: WindowScheme, inputs: Mapping[str, np.ndarray]) -> Window:
     """The real length of each padded axis, checked to agree between inputs."""
     lengths: Window = {}
     for name, dims in scheme.inputs.items():
+        if name not in inputs:  # the other generation's input (v1 tokens, v2 frames)
+            continue
         for dim, axis in dims.items():
             size = int(inputs[name].shape[dim])
             if lengths.setdefault(axis, size) != size:

@@ -38,8 +38,8 @@ def test_smallest_window_that_holds_the_input() -> None:
 
 def test_too_long_for_every_window() -> None:
     scheme = SCHEMES["entropy_lm"]
-    with pytest.raises(ValueError, match=r"exceed the largest fixed window \{'T': 1024\}"):
-        pick_window(scheme, {"tokens": np.zeros((1, 1025), np.int64)}, scheme.windows())
+    with pytest.raises(ValueError, match=r"exceed the largest fixed window \{'T': 1536\}"):
+        pick_window(scheme, {"tokens": np.zeros((1, 1537), np.int64)}, scheme.windows())
 
 
 def test_batch_must_be_one() -> None:
@@ -65,3 +65,54 @@ def test_aggregator_pads_rows_with_empty_masks() -> None:
     feeds = pad_inputs(scheme, inputs, {"N": 64}, {"N": 3})
     assert feeds["mask"].shape == (64, 8) and feeds["mask"][3:].sum() == 0
     assert set(feeds) == {"tokens", "mask"}
+
+
+def test_v2_aggregator_pads_frames_and_masks() -> None:
+    """One scheme for both generations: v2's aggregator reads ``frames`` [N, L, F]."""
+    scheme = SCHEMES["aggregator"]
+    inputs = {"frames": np.ones((3, 8, 384), np.float32), "mask": np.ones((3, 8), bool)}
+    window, lengths = pick_window(scheme, inputs, scheme.windows())
+    assert window == {"N": 64} and lengths == {"N": 3}
+    feeds = pad_inputs(scheme, inputs, window, lengths)
+    assert feeds["frames"].shape == (64, 8, 384) and feeds["frames"][3:].sum() == 0
+    assert feeds["mask"].shape == (64, 8) and feeds["mask"][3:].sum() == 0
+
+
+def test_v2_tokenizer_crops_features_and_frames() -> None:
+    scheme = SCHEMES["tokenizer"]
+    window = {"T": 1024}
+    outputs = {
+        "features": np.zeros((1, 512, 4), np.float32),
+        "frames": np.zeros((1, 512, 384), np.float32),
+    }
+    cropped = crop_outputs(scheme, outputs, {"T": 601})
+    assert cropped["features"].shape == (1, 301, 4) and cropped["frames"].shape == (1, 301, 384)
+    assert signature_name("tokenizer", window) == "tokenizer_T1024"
+
+
+def test_windows_hold_the_longest_utterance() -> None:
+    """An utterance of ``protocol.MAX_UTTERANCE_S`` (the VAD cuts speech there) fits the
+    largest window of every device model of the shipped bundle: no split, no error."""
+    from edgetok.bundle import default_bundle_path, load_bundle
+    from edgetok.frontend import n_frames
+    from edgetok.protocol import MAX_UTTERANCE_S, max_utterance_segments
+    from edgetok.stages import frontend_config
+
+    bundle = load_bundle(default_bundle_path())
+    mel = n_frames(int(MAX_UTTERANCE_S * bundle.audio.sample_rate), frontend_config(bundle))
+    tokens = -(-mel // 2)
+    segments = max_utterance_segments(bundle)
+    feeds = {
+        "tokenizer": {"mel": np.zeros((1, mel, 80), np.float32)},
+        "entropy_lm": {"tokens": np.zeros((1, tokens), np.int64)},
+        "aggregator": {
+            "frames": np.zeros((segments, bundle.segmenter.max_len, 384), np.float32),
+            "mask": np.zeros((segments, bundle.segmenter.max_len), bool),
+        },
+    }
+    for role, inputs in feeds.items():
+        scheme = SCHEMES[role]
+        window, _ = pick_window(scheme, inputs, scheme.windows())
+        assert window == {axis: max(sizes) for axis, sizes in scheme.sizes.items()}, role
+    # Whisper's encoder has 1500 positions: the tokenizer's largest window is all of them.
+    assert max(SCHEMES["tokenizer"].sizes["T"]) == 3000 and mel <= 3000

@@ -76,9 +76,10 @@ class LiteRtSession:
         order = list(self.scheme.inputs)
         inputs.sort(key=lambda spec: order.index(spec.name) if spec.name in order else len(order))
         details = sorted(runner.get_output_details().items(), key=lambda kv: _index(kv[0]))
+        named = list(self.scheme.outputs.items())[: len(details)]  # the model's first outputs
         outputs = [
             self._spec(name, detail, {d: axis for d, (axis, _) in dims.items()})
-            for (_, detail), (name, dims) in zip(details, self.scheme.outputs.items(), strict=True)
+            for (_, detail), (name, dims) in zip(details, named, strict=True)
         ]
         return inputs, outputs
 
@@ -104,8 +105,8 @@ class LiteRtSession:
         }
         raw = self._runners[tuple(window.items())](**feeds)
         named = {
-            name: raw[key]
-            for name, key in zip(self.scheme.outputs, sorted(raw, key=_index), strict=True)
+            spec.name: raw[key]
+            for spec, key in zip(self.outputs, sorted(raw, key=_index), strict=True)
         }
         return crop_outputs(self.scheme, named, lengths)
 

@@ -23,6 +23,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from edgetok.train.fit_semantic import SemanticTokenizerExport
 from edgetok.train.models import (
     Aggregator,
     AggregatorConfig,
@@ -32,16 +33,26 @@ from edgetok.train.models import (
     EntropyLM,
     EntropyLMConfig,
     EntropyLMExport,
+    FeatureAggregator,
+    FeatureAggregatorConfig,
     TokenizerConfig,
     TokenizerEncoder,
     TokenizerExport,
 )
 from edgetok.train.onnx_scope import module_scope
+from edgetok.train.semantic import BottleneckConfig, SemanticBottleneck
+from edgetok.train.whisper import WhisperDims, WhisperEncoder
 
 __all__ = ["example_inputs", "rebuild", "state_dict"]
 
 #: Largest |torch - onnxruntime| accepted, relative to the output's largest magnitude.
 TOLERANCE = 1e-4
+#: Parameters of training-only parts, which an export leaves out (prefixes).
+_NOT_EXPORTED: dict[type, tuple[str, ...]] = {
+    SemanticTokenizerExport: tuple(
+        f"bottleneck.{name}." for name in ("up", "bypass", "post", "post_norm", "ctc_head")
+    ),
+}
 
 
 def state_dict(model: onnx.ModelProto) -> dict[str, torch.Tensor]:
@@ -52,7 +63,12 @@ def state_dict(model: onnx.ModelProto) -> dict[str, torch.Tensor]:
     by its module scope.
     """
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    tensors = {name: value for name, value in inits.items() if "." in name or name == "queries"}
+    stored = _cast_initializers(model, inits)
+    tensors = {
+        name: value
+        for name, value in inits.items()
+        if ("." in name or name == "queries") and name not in stored
+    }
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -74,11 +90,27 @@ def state_dict(model: onnx.ModelProto) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.array(value)) for name, value in tensors.items()}
 
 
+def _cast_initializers(model: onnx.ModelProto, inits: dict[str, np.ndarray]) -> set[str]:
+    """Add to ``inits`` the float32 value of every ``Cast`` of an initializer, under the
+    Cast's output name (``edgetok.train.onnx_fp16`` stores large weights as float16 and
+    casts them back under the original name); returns the stored names it read."""
+    stored = set()
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.input[0] in inits:
+            to = next(a.i for a in node.attribute if a.name == "to")
+            if to == onnx.TensorProto.FLOAT:
+                inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
+                stored.add(node.input[0])
+    return stored
+
+
 def _load(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Load ``state``; the exporter folds away zero biases and unit norm weights (identity
-    Add/Mul), and the model's own init (zeros, ones) is then the right value."""
+    Add/Mul), and the model's own init (zeros, ones) is then the right value. The
+    training-only parts of a module (``_NOT_EXPORTED``) are not looked for."""
     known = module.state_dict()
-    missing = [k for k in known if k not in state]
+    skipped = _NOT_EXPORTED.get(type(module), ())
+    missing = [k for k in known if k not in state and not k.startswith(skipped)]
     unfoldable = [
         k
         for k in missing
@@ -104,7 +136,30 @@ def _rotary_heads(inv_freq: torch.Tensor, dim: int) -> tuple[int, float]:
     return dim // head_dim, round(base, 3)
 
 
+def _semantic_tokenizer(state: dict[str, torch.Tensor], heads: int) -> nn.Module:
+    """v2: the Whisper encoder (its heads and the bottleneck block's tried together) and
+    the FSQ bottleneck up to its bounded codes."""
+    conv1 = state["encoder.conv1.weight"]
+    dims = WhisperDims(
+        n_mels=conv1.shape[1],
+        dim=conv1.shape[0],
+        heads=heads,
+        encoder_layers=_layers(state, "encoder.blocks."),
+        decoder_layers=0,
+        vocab=0,
+        max_frames=state["encoder.positions"].shape[0],
+        max_text=0,
+    )
+    half_width = state["bottleneck.fsq.half_width"]
+    cfg = BottleneckConfig(
+        in_dim=dims.dim, heads=heads, levels=tuple(round(2 * float(h) + 1) for h in half_width)
+    )
+    return SemanticTokenizerExport(WhisperEncoder(dims), SemanticBottleneck(cfg))
+
+
 def _tokenizer(state: dict[str, torch.Tensor], heads: int) -> nn.Module:
+    if "encoder.conv1.weight" in state:
+        return _semantic_tokenizer(state, heads)
     conv1, pos = state["stem.conv1.weight"], state["stem.pos_conv.weight"]
     layers = _layers(state, "blocks.")
     dim = conv1.shape[0]
@@ -135,7 +190,22 @@ def _entropy_lm(state: dict[str, torch.Tensor], heads: int) -> nn.Module:
     return EntropyLMExport(EntropyLM(cfg))
 
 
+def _feature_aggregator(state: dict[str, torch.Tensor], heads: int) -> nn.Module:
+    """v2: reads the encoder frames of each segment."""
+    frames = state["frames.weight"]
+    cfg = FeatureAggregatorConfig(
+        feature_dim=frames.shape[1],
+        dim=frames.shape[0],
+        heads=heads,
+        ff_dim=state["block.ff.0.weight"].shape[0],
+        max_len=state["pos.weight"].shape[0],
+    )
+    return FeatureAggregator(cfg)
+
+
 def _aggregator(state: dict[str, torch.Tensor], heads: int) -> nn.Module:
+    if "frames.weight" in state:
+        return _feature_aggregator(state, heads)
     embed, queries = state["embed.weight"], state["queries"]
     cfg = AggregatorConfig(
         vocab_size=embed.shape[0],
@@ -182,13 +252,17 @@ def example_inputs(
     model's longest)."""
     rng = np.random.default_rng(seed)
     if role == "tokenizer":
-        return {"mel": rng.normal(-5, 3, (1, 13, module.stem.conv1.in_channels)).astype("f4")}
+        conv1 = module.encoder.conv1 if hasattr(module, "encoder") else module.stem.conv1
+        return {"mel": rng.normal(-5, 3, (1, 13, conv1.in_channels)).astype("f4")}
     if role == "entropy_lm":
         return {"tokens": rng.integers(0, module.lm.cfg.vocab_size, (1, 11))}
     if role == "aggregator":
         width = segment_len or module.cfg.max_len
-        tokens = rng.integers(0, module.cfg.vocab_size, (5, width))
         mask = np.arange(width)[None] < rng.integers(1, width + 1, (5, 1))
+        if isinstance(module, FeatureAggregator):
+            frames = rng.normal(0, 1, (5, width, module.cfg.feature_dim)).astype("f4")
+            return {"frames": frames, "mask": mask}
+        tokens = rng.integers(0, module.cfg.vocab_size, (5, width))
         return {"tokens": tokens, "mask": mask}
     cfg = module.cfg
     prefix = rng.normal(0, 1, (1, 3, cfg.prefix_dim)).astype("f4")

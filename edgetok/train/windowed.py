@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgetok.train.fit_semantic import SemanticTokenizerExport
 from edgetok.train.models import Decoder, TokenizerExport, _valid
 from edgetok.windows import SCHEMES, Window, pad_inputs, valid_input
 
@@ -34,6 +35,28 @@ class WindowedTokenizer(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return x
+
+
+class WindowedSemanticTokenizer(nn.Module):
+    """v2: ``mel`` [1, W, 80], ``T_valid`` [1] -> ``features`` [1, W/2, d] and ``frames``
+    [1, W/2, 384]; padded mel frames are zeroed before each conv and masked out of the
+    encoder's and the bottleneck block's attention."""
+
+    def __init__(self, tokenizer: SemanticTokenizerExport) -> None:
+        super().__init__()
+        self.scale = tokenizer.scale
+        self.encoder = tokenizer.encoder
+        self.bottleneck = tokenizer.bottleneck
+
+    def forward(
+        self,
+        mel: torch.Tensor,
+        T_valid: torch.Tensor,  # noqa: N803
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = T_valid.to(torch.int64)
+        frames = self.encoder(self.scale(mel), lengths)
+        mask = _valid(self.encoder.out_lengths(lengths), frames.shape[1])[:, None, None]
+        return self.bottleneck.bounded(frames, mask), frames
 
 
 class WindowedDecoder(nn.Module):
@@ -58,6 +81,8 @@ class WindowedDecoder(nn.Module):
 
 def window_module(role: str, module: nn.Module) -> nn.Module:
     """The fixed-window form of a rebuilt ``role`` model (causal or row-wise models as is)."""
+    if isinstance(module, SemanticTokenizerExport):
+        return WindowedSemanticTokenizer(module).eval()
     if role == "tokenizer":
         return WindowedTokenizer(module).eval()
     if role == "decoder":
@@ -75,6 +100,7 @@ def window_inputs(
     lengths = {
         axis: int(inputs[name].shape[dim])
         for name, dims in scheme.inputs.items()
+        if name in inputs
         for dim, axis in dims.items()
     }
     feeds = pad_inputs(scheme, inputs, window or lengths, lengths)
