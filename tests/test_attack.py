@@ -6,6 +6,8 @@ on counts, bytes and outcomes, never on speed (the full-size figures come from
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,19 @@ def test_a_resume_with_a_foreign_session_id_is_refused(
     result = run(attacks.resume(tiny_bundle, payloads))
     assert result["refused"] == {"session_taken/4010": 2}
     assert result["owner_kept_its_session"]
+
+
+def test_the_server_decoder_loads_without_the_segmenter() -> None:
+    """What ``edgetok serve`` loads for the shipped bundle leaves Numba, llvmlite and
+    SciPy out (59 MiB the server would hold for nothing)."""
+    code = (
+        "import sys\n"
+        "import edgetok.cli.serve, edgetok.server\n"
+        "from edgetok.bundle import default_bundle_path, load_bundle\n"
+        "from edgetok.stages import server_decoder\n"
+        "server_decoder(load_bundle(default_bundle_path()))\n"
+        "print(sorted({'numba', 'llvmlite', 'scipy'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
