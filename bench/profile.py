@@ -185,7 +185,6 @@ def profile(
                     p.bundle,
                     summary,
                     audio_s,
-                    p.config.precision,
                     threads,
                     machine["peak_per_core"],
                     gemm,

@@ -41,15 +41,15 @@ def compute_rates(
     bundle: Bundle,
     summary: dict[str, Any],
     audio_s: float,
-    precision: str | None,
     threads: int,
     peak: dict[str, Any],
     gemm: dict[str, float] | None,
 ) -> dict[str, Any]:
     """MACs per second of speech of each device model (at the median utterance's shapes;
     the models run on the VAD's utterances only), the rate the measured stage time
-    achieves, and its fraction of this CPU's peak for the threads used: ``gemm`` (ONNX
-    Runtime's own GEMM measured here, ``edgetok.bench.flops.measure_gemm``) and the estimated
+    achieves, and its fraction of this CPU's rate for the threads used at the model's own
+    precision (an INT8 build keeps some models in float): ``gemm`` (ONNX Runtime's own
+    GEMM measured here, ``edgetok.bench.flops.measure_gemm``) and the estimated
     theoretical peak (``edgetok.bench.machine.peak_per_core``)."""
     from edgetok.bench.flops import available
 
@@ -76,10 +76,9 @@ def compute_rates(
         "aggregator": {**source, "mask": np.ones((segments, max_len), bool)},
     }
     codebook = np.load(bundle.codebook_path, mmap_mode="r")
-    int8 = precision == "int8"
-    kind = "int8_gops" if int8 else "fp32_gflops"
-    theoretical = (peak[kind] or 0.0) * threads or None
-    attainable = gemm[kind] if gemm else None
+    keys = {"fp32": "fp32_gflops", "int8": "int8_gops"}
+    theoretical = {kind: (peak[key] or 0.0) * threads or None for kind, key in keys.items()}
+    attainable = {kind: gemm[key] if gemm else None for kind, key in keys.items()}
     speech_s = summary["speech_s_per_run"]
     models: dict[str, Any] = {}
     for role, stage in DEVICE_MODELS.items():
@@ -94,19 +93,21 @@ def compute_rates(
         per_speech = macs / median["duration_s"]
         stage_s = summary["stages"][stage]["ms_per_audio_s"] / 1e3 * audio_s  # per run
         achieved = 2 * per_speech * speech_s / stage_s / 1e9 if stage_s > 0 else None
+        kind = "int8" if bundle.models[role].precision == "int8" else "fp32"
+        gemm_rate, peak_rate = attainable[kind], theoretical[kind]
         models[role] = {
+            "kind": kind,
             "macs_per_speech_s": per_speech,
             "gflop_per_speech_s": 2 * per_speech / 1e9,
             "achieved_gflops": achieved,
-            "fraction_of_gemm": achieved / attainable if achieved and attainable else None,
-            "fraction_of_peak": achieved / theoretical if achieved and theoretical else None,
+            "fraction_of_gemm": achieved / gemm_rate if achieved and gemm_rate else None,
+            "fraction_of_peak": achieved / peak_rate if achieved and peak_rate else None,
             "counted_from": str(path),
             "skipped": count.skipped,
         }
     return {
         "available": True,
         "shapes": {"frames": frames, "tokens": tokens, "segments": segments, "max_len": max_len},
-        "kind": "int8" if int8 else "fp32",
         "gemm_gflops": attainable,
         "peak_gflops": theoretical,
         "models": models,

@@ -222,14 +222,13 @@ def _flops_lines(configs: list[dict[str, Any]]) -> list[str]:
             achieved = m.get("achieved_gflops")
             row.append(
                 f"{achieved:.1f} ({_pct(m.get('fraction_of_gemm'))} | "
-                f"{_pct(m.get('fraction_of_peak'))} {c['flops']['kind']})"
+                f"{_pct(m.get('fraction_of_peak'))} {m['kind']})"
                 if achieved is not None
                 else "-"
             )
         rows.append(row)
     lines += _grid(header, rows)
-    gemm = {c["flops"]["kind"]: c["flops"]["gemm_gflops"] for c in with_flops}
-    peak = {c["flops"]["kind"]: c["flops"]["peak_gflops"] for c in with_flops}
+    gemm, peak = first["gemm_gflops"], first["peak_gflops"]
     lines.append(
         "GEMM here: "
         + ", ".join(f"{k} {_num(v, 0)} G/s" for k, v in gemm.items())

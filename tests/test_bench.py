@@ -135,8 +135,10 @@ def test_flops_of_the_tiny_models(report: dict[str, Any], tiny_bundle: Path) -> 
     assert set(flops["models"]) == {"tokenizer", "entropy_lm", "aggregator"}
     for values in flops["models"].values():
         assert values["achieved_gflops"] is None or values["achieved_gflops"] >= 0
+        assert values["kind"] == "fp32"  # each model against its own precision's rate
     gemm = report["machine"]["gemm"]
     assert gemm["fp32_gflops"] > 0 and gemm["int8_gops"] > 0
+    assert flops["gemm_gflops"] == {"fp32": gemm["fp32_gflops"], "int8": gemm["int8_gops"]}
 
 
 def test_count_macs_matmul_gemm_conv(tmp_path: Path, tiny_bundle: Path) -> None:
