@@ -57,7 +57,7 @@ _WORDS_PER_S, _LEAD_S = 3.33, 0.42  # duration estimate at rate 1 (fit on a tria
 
 
 @dataclass(frozen=True)
-class Utterance:
+class Script:
     """Everything needed to render one utterance."""
 
     id: str
@@ -123,7 +123,7 @@ def plan_split(
     sentences: tuple[tuple[str, str], ...],
     voice_list: list[Voice],
     rng: np.random.Generator,
-) -> list[Utterance]:
+) -> list[Script]:
     """Draw utterances until their estimated duration reaches ``hours``. Test voices
     take turns (equal counts per voice); otherwise engines get ENGINE_SHARE."""
     by_engine: dict[str, list[Voice]] = defaultdict(list)
@@ -131,7 +131,7 @@ def plan_split(
         by_engine[v.engine].append(v)
     babble_voices = [v for e in BABBLE_ENGINES for v in by_engine.get(e, [])]
     order = rng.permutation(len(sentences))
-    out: list[Utterance] = []
+    out: list[Script] = []
     total = 0.0
     while total < hours * 3600:
         i = len(out)
@@ -153,7 +153,7 @@ def plan_split(
             for _ in range(talkers)
         )
         out.append(
-            Utterance(
+            Script(
                 id=f"{split}{i:06d}",
                 split=split,
                 voice=voice.id,
@@ -178,7 +178,7 @@ def plan_corpus(
     dev_hours: float,
     test_hours: float,
     test_voices: tuple[str, ...],
-) -> tuple[dict[str, list[Utterance]], dict]:
+) -> tuple[dict[str, list[Script]], dict]:
     """The full plan per split, and its description (stored as ``corpus.json``)."""
     sentences = load_sentences(seed)
     n_test = min(TEST_POOL, len(sentences) // 10)
@@ -219,7 +219,7 @@ def _valid_duration(path: Path) -> float | None:
     return info.frames / SAMPLE_RATE if ok else None
 
 
-def render(utt: Utterance, out_dir: Path) -> tuple[dict | None, dict]:
+def render(utt: Script, out_dir: Path) -> tuple[dict | None, dict]:
     """Synthesise, augment and write one utterance, or reuse its valid file. Returns the
     manifest record (None on failure) and stats (engine, status, synthesis timing)."""
     path = out_dir / utt.path
@@ -253,7 +253,7 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def _shards(plan: dict[str, list[Utterance]]) -> dict[str, list[Utterance]]:
+def _shards(plan: dict[str, list[Script]]) -> dict[str, list[Script]]:
     return {
         f"{split}-{i // SHARD:05d}": utts[i : i + SHARD]
         for split, utts in plan.items()
@@ -333,7 +333,7 @@ def build_corpus(
     return summary
 
 
-def _render_task(utt: Utterance, out_dir: Path) -> tuple[str, dict | None, dict]:
+def _render_task(utt: Script, out_dir: Path) -> tuple[str, dict | None, dict]:
     rec, st = render(utt, out_dir)
     return utt.id, rec, st
 
