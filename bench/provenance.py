@@ -71,8 +71,8 @@ def family(bundle: Bundle) -> str:
 
 def bundle_provenance(bundle: Bundle) -> dict[str, Any]:
     """The bundle a row measured: name, creation time, family, each model's file, backend,
-    precision, sha256 and source sha256, the codebook's sha256 and the segmenter's
-    settings."""
+    precision, sha256, its external data's sha256 (ONNX external data, OpenVINO ``.bin``)
+    and source sha256, the codebook's sha256 and the segmenter's settings."""
     return {
         "name": bundle.meta.name,
         "created": bundle.meta.created,
@@ -83,6 +83,7 @@ def bundle_provenance(bundle: Bundle) -> dict[str, Any]:
                 "backend": entry.backend,
                 "precision": entry.precision,
                 "sha256": entry.sha256,
+                "external_sha256": entry.external_sha256,
                 "source_sha256": entry.source_sha256,
             }
             for role, entry in bundle.models.items()
@@ -103,10 +104,12 @@ def model_bytes(bundle: Bundle) -> dict[str, int]:
         if not path.is_file():  # replaced under the benchmark's feet: left out, not fatal
             continue
         size = path.stat().st_size
-        if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-            size += path.with_suffix(".bin").stat().st_size
         external = bundle.external_path_of(role)
-        if entry.ships_external and external is not None and external.is_file():
+        if not entry.ships_external and path.suffix == ".xml":  # a build before .bin was hashed
+            external = path.with_suffix(".bin")
+        elif not entry.ships_external:
+            external = None
+        if external is not None and external.is_file():
             size += external.stat().st_size
         sizes[role] = size
     codebook = bundle.codebook_path

@@ -148,28 +148,35 @@ def _carry(source: Bundle, role: str, out_dir: Path) -> None:
             raise BuildError(f"{source.manifest_path} [models.{role}]: {external} not found")
 
 
+def _weights(out_dir: Path, file: str) -> str | None:
+    """The file holding a compiled model's weights beside it (OpenVINO IR's ``.bin``
+    beside its ``.xml``), hashed as the entry's external data; None for one file."""
+    weights = Path(file).with_suffix(".bin")
+    return weights.as_posix() if file.endswith(".xml") and (out_dir / weights).is_file() else None
+
+
 def _manifest(source: Bundle, target: str, artifacts: dict, backend: str, out_dir: Path) -> Bundle:
-    """The built bundle's manifest: compiled ``artifacts`` (self-contained files, so no
-    external data), the server models as they are in ``source``."""
+    """The built bundle's manifest: compiled ``artifacts`` (one file, or OpenVINO IR whose
+    ``.bin`` is its hashed external data), the server models as they are in ``source``."""
     models: dict[str, ModelEntry] = {}
     for role, entry in source.models.items():
         artifact = artifacts.get(role)
-        models[role] = (
-            entry
-            if artifact is None
-            else replace(
-                entry,
-                file=artifact.file,
-                backend=backend,
-                precision=artifact.precision,
-                sha256=sha256_file(out_dir / artifact.file),
-                source_sha256=entry.source_sha256 or entry.sha256,
-                inputs=artifact.inputs or entry.inputs,
-                outputs=artifact.outputs or entry.outputs,
-                external_file=None,
-                external_sha256=None,
-                external_source=None,
-            )
+        if artifact is None:
+            models[role] = entry
+            continue
+        weights = _weights(out_dir, artifact.file)
+        models[role] = replace(
+            entry,
+            file=artifact.file,
+            backend=backend,
+            precision=artifact.precision,
+            sha256=sha256_file(out_dir / artifact.file),
+            source_sha256=entry.source_sha256 or entry.sha256,
+            inputs=artifact.inputs or entry.inputs,
+            outputs=artifact.outputs or entry.outputs,
+            external_file=weights,
+            external_sha256=sha256_file(out_dir / weights) if weights else None,
+            external_source=None,
         )
     meta = replace(
         source.meta,

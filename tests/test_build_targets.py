@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from fixtures import build_fixtures
 
-from edgetok.bundle import V1_ROLES, load_bundle
+from edgetok.bundle import V1_ROLES, BundleError, load_bundle, sha256_file
 from edgetok.cli import main
 from edgetok.protocol import wire_identity
 from edgetok.quantize import INT8_ROLES
@@ -110,6 +110,17 @@ def test_openvino_int8_build(exported_bundle: Path, speech_corpus: Path, tmp_pat
     built = load_bundle(tmp_path / "ov")
     assert {e.backend for e in built.models.values()} == {"openvino"}
     assert (tmp_path / "ov" / "tokenizer.bin").is_file()
+    # The IR's weights are hashed too: a changed .bin is refused.
+    for role in ("tokenizer", "entropy_lm", "aggregator"):
+        entry = built.models[role]
+        assert entry.external_file == f"{role}.bin" and entry.ships_external
+        assert entry.external_sha256 == sha256_file(tmp_path / "ov" / entry.external_file)
+    weights = tmp_path / "ov" / "aggregator.bin"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(BundleError, match="aggregator.bin"):
+        load_bundle(tmp_path / "ov")
+    weights.write_bytes(original)
     from edgetok.stages import Transcriber
 
     audio = np.zeros(16000, np.float32)
