@@ -16,6 +16,8 @@ import click
 from edgetok.cli._common import beam_option, token_options
 
 if TYPE_CHECKING:
+    from edgetok.bundle import Bundle
+    from edgetok.runtime import SessionOptions
     from edgetok.serve_ray import RaySettings
 
 
@@ -98,7 +100,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--max-batch",
-    default=16,
+    default=8,
     show_default=True,
     type=click.IntRange(min=1),
     help="With --ray: requests one replica decodes together at most.",
@@ -138,6 +140,7 @@ def command(
     """
     import ssl
 
+    from edgetok import heap
     from edgetok.bundle import BundleError, default_bundle_path, load_bundle
     from edgetok.protocol import max_utterance_segments, wire_identity
     from edgetok.server import Limits, serve
@@ -160,7 +163,8 @@ def command(
     try:
         bundle = bundle or default_bundle_path()
         loaded = load_bundle(bundle)
-        decoder = None if ray_settings else server_decoder(loaded, beam=beam)
+        decoder = None if ray_settings else server_decoder(loaded, _lean(loaded), beam=beam)
+        heap.trim()  # what loading the models freed
         identity = wire_identity(loaded)
         limits = Limits(
             max_connections=max_connections,
@@ -237,6 +241,18 @@ def _ray_settings(
         )
     except ValueError as exc:
         raise click.BadParameter(f"{replicas!r}: {exc}", param_hint="--replicas") from None
+
+
+def _lean(bundle: Bundle) -> SessionOptions | None:
+    """ONNX Runtime decoders run without memory patterns: a decoder's input shapes change
+    at every step, so each run would plan a new block and grow the arena."""
+    from edgetok.runtime import SessionOptions
+
+    roles = ("decoder", "decoder_context", "decoder_step")
+    backends = {bundle.models[role].backend for role in roles if role in bundle.models}
+    if backends == {"onnxruntime"}:
+        return SessionOptions(extra={"memory_pattern": False})
+    return None
 
 
 def _is_loopback(host: str) -> bool:
