@@ -1,4 +1,4 @@
-"""``python -m bench.load``: N simulated devices against a real ``edgetok serve``, the
+"""``python -m edgetok.bench.load``: N simulated devices against a real ``edgetok serve``, the
 single-process server and the Ray Serve deployment (``--ray``) in one run.
 
 Each device is a real protocol client (``edgetok.client.Client``) on loopback. It speaks
@@ -324,7 +324,7 @@ def _echo(run: RunResult) -> None:
 @click.option("--spread", default=4.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--drain-s", default=180.0, show_default=True, type=click.FloatRange(min=1))
 @click.option("--replicas", default="1:2", show_default=True, help="Ray replicas MIN:MAX.")
-@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-wait-ms", default=20.0, show_default=True)
 @click.option("--kill-replicas", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -361,7 +361,7 @@ def main(
         str(batch_wait_ms),
     ]
     report: dict[str, Any] = {
-        "command": " ".join(["python -m bench.load", *sys.argv[1:]]),
+        "command": " ".join(["python -m edgetok.bench.load", *sys.argv[1:]]),
         "clips": len(loaded),
         "load_average": os.getloadavg(),
         "runs": [],

@@ -51,7 +51,7 @@ class RaySettings:
     a local one for this process."""
     min_replicas: int = 1
     max_replicas: int = 2
-    max_batch: int = 16
+    max_batch: int = 8
     """Requests decoded together at most."""
     batch_wait_s: float = 0.02
     """How long a replica waits for a batch to fill before decoding what it has."""

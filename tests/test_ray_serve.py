@@ -1,4 +1,4 @@
-"""``edgetok serve --ray`` at small size: ``python -m bench.load`` with real clients on
+"""``edgetok serve --ray`` at small size: ``python -m edgetok.bench.load`` with real clients on
 loopback against the plain server and a local Ray Serve deployment whose decoder replica
 is SIGKILLed under load; it fails if an utterance is lost or duplicated. Ray is never
 imported on the device path or by plain ``serve``."""
@@ -69,7 +69,7 @@ def test_load_and_replica_kills_lose_no_utterance() -> None:
     command = [
         sys.executable,
         "-m",
-        "bench.load",
+        "edgetok.bench.load",
         "--devices",
         "3",
         "--servers",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgetok.cli._common import beam_option, token_options
+from edgetok.cli._common import beam_option, signature_options, token_options
 
 if TYPE_CHECKING:
     from edgetok.bundle import Bundle
@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     help="When --max-connections are open, one idle this long gives its place to a new one.",
 )
 @beam_option
+@signature_options("bundle")
 @click.option(
     "--ray",
     "use_ray",
