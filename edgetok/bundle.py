@@ -75,6 +75,7 @@ __all__ = [
     "V1_ROLES",
     "default_bundle_path",
     "load_bundle",
+    "manifest_of",
     "sha256_file",
     "write_bundle",
 ]
@@ -722,7 +723,8 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest(path: str | Path) -> Path:
+def manifest_of(path: str | Path) -> Path:
+    """The manifest of the bundle at ``path``: its directory or its ``bundle.toml``."""
     path = Path(path)
     return path / MANIFEST_NAME if path.is_dir() else path
 
@@ -733,7 +735,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     Parses and validates the manifest, checks that every file exists, that the codebook is
     float32 [vocab_size, D], and, when ``verify``, every sha256. Raises ``BundleError``.
     """
-    manifest = _manifest(path)
+    manifest = manifest_of(path)
     if not manifest.is_file():
         raise BundleError(f"no bundle at {path}: {manifest} not found")
     try:
