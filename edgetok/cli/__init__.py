@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval",
     "inspect",
     "serve",
+    "sign",
     "build",
     "bench",
     "listen",

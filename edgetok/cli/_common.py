@@ -52,6 +52,48 @@ def token_options(help_text: str) -> Callable[[F], F]:
     return decorate
 
 
+def signature_options(bundle_param: str) -> Callable[[F], F]:
+    """``--require-signed`` and ``--trusted-key`` (repeatable): with the flag, the bundle
+    in the command's ``bundle_param`` (default: the shipped one) must be signed by a
+    trusted key (``edgetok.signing``), else the command stops with the reason."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def command(
+            *args: Any, require_signed: bool, trusted_key: tuple[Path, ...], **kwargs: Any
+        ) -> Any:
+            if trusted_key and not require_signed:
+                raise click.UsageError("--trusted-key is for --require-signed")
+            if require_signed:
+                from edgetok import signing
+                from edgetok.bundle import default_bundle_path
+
+                if not trusted_key:
+                    raise click.UsageError("--require-signed needs --trusted-key")
+                try:
+                    signing.verify_bundle(
+                        kwargs[bundle_param] or default_bundle_path(), trusted_key
+                    )
+                except (signing.SignatureError, ImportError) as exc:
+                    raise click.ClickException(f"refused: {exc}") from None
+            return f(*args, **kwargs)
+
+        command = click.option(
+            "--trusted-key",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Ed25519 public key (PEM) whose signature --require-signed accepts.",
+        )(command)
+        return click.option(
+            "--require-signed",
+            is_flag=True,
+            help="Refuse a bundle whose manifest is not signed by a --trusted-key (edgetok "
+            "sign); its files are hash-checked against the manifest.",
+        )(command)
+
+    return decorate
+
+
 def bundle_option(f: F) -> F:
     return click.option(
         "--bundle",

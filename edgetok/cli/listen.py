@@ -9,7 +9,13 @@ from typing import Any
 
 import click
 
-from edgetok.cli._common import beam_option, bundle_option, open_transcriber, threads_option
+from edgetok.cli._common import (
+    beam_option,
+    bundle_option,
+    open_transcriber,
+    signature_options,
+    threads_option,
+)
 from edgetok.cli._live import open_sink, server_options, utterance_line, vad_config, vad_options
 
 
@@ -47,6 +53,7 @@ from edgetok.cli._live import open_sink, server_options, utterance_line, vad_con
     help="Print one JSON object per utterance (text, times, rates, latency, bytes, timings).",
 )
 @beam_option
+@signature_options("bundle_path")
 @threads_option
 def command(
     device: str | None,

@@ -189,7 +189,10 @@ def command(
     if ray_settings:
         from edgetok import serve_ray
 
-        decoder = serve_ray.start(bundle, beam, ray_settings)
+        try:
+            decoder = serve_ray.start(bundle, beam, ray_settings)
+        except (ValueError, ConnectionError) as exc:
+            raise click.ClickException(f"--ray: {exc}") from None
         click.echo(f"decoding on Ray Serve: {ray_settings}", err=True)
 
     async def main() -> None:
