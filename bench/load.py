@@ -264,6 +264,11 @@ async def run_load(
     return result
 
 
+def _requests_resent(lines: list[str]) -> int:
+    """Decode requests the front sent again after a replica died (``serve_ray`` logs each)."""
+    return sum("sending the request again" in line for line in lines)
+
+
 def _server_finals(lines: list[str]) -> int | None:
     """The finals the server sent in all, from its ``stopped: ServerStats(...)`` line."""
     for line in reversed(lines):
@@ -280,8 +285,9 @@ async def _serve_and_load(
     server: str,
     options: list[str],
     kills: int,
-) -> tuple[list[RunResult], int | None]:
-    """One server of ``server`` kind, each N of ``counts`` in turn; then its finals count."""
+) -> tuple[list[RunResult], int | None, int]:
+    """One server of ``server`` kind, each N of ``counts`` in turn; then its finals count
+    and the decode requests it sent again."""
     token = secrets.token_urlsafe(16)
     identity = wire_identity(load_bundle(bundle))
     results = []
@@ -293,7 +299,7 @@ async def _serve_and_load(
             )
             results.append(run)
             _echo(run)
-    return results, _server_finals(running.lines)
+    return results, _server_finals(running.lines), _requests_resent(running.lines)
 
 
 def _echo(run: RunResult) -> None:
@@ -366,20 +372,26 @@ def main(
         "load_average": os.getloadavg(),
         "runs": [],
         "server_finals": {},
+        "requests_resent": {},
     }
     failed = False
     for server in servers.split(","):
         options = ray_options if server == "ray" else []
         kills = kill_replicas if server == "ray" else 0
-        runs, finals = asyncio.run(
+        runs, finals, resent = asyncio.run(
             _serve_and_load(bundle, loaded, counts, plan, server, options, kills)
         )
         report["runs"] += [asdict(run) for run in runs]
         report["server_finals"][server] = finals
+        report["requests_resent"][server] = resent
         sent = sum(run.utterances for run in runs)
         duplicated = (finals or 0) - sum(run.finals for run in runs)
         lost = sum(run.lost for run in runs)
-        click.echo(f"{server}: {lost} lost, {duplicated} duplicated of {sent}", err=True)
+        click.echo(
+            f"{server}: {lost} lost, {duplicated} duplicated of {sent}; "
+            f"{resent} decode requests sent again after a replica died",
+            err=True,
+        )
         failed |= lost > 0 or duplicated != 0
     report["load_average_after"] = os.getloadavg()
     if as_json:

@@ -73,8 +73,6 @@ class BatchDecoder:
 
     def __init__(self, bundle: str, beam: int, max_batch: int, wait_s: float, threads: int):
         loaded = load_bundle(Path(bundle))
-        if "decoder_step" not in loaded.models:
-            raise ValueError(f"{bundle}: --ray serves v2 bundles (Whisper decoder graphs) only")
         options = SessionOptions(threads=threads)
         plain = WhisperDecoderStage.from_bundle(loaded, options, beam=beam)
         step = open_masked_step(loaded, options)
@@ -114,7 +112,10 @@ class RayDecoder:
 
 def start(bundle: Path, beam: int, settings: RaySettings) -> RayDecoder:
     """Join the cluster at ``settings.address`` (or start a local one), deploy the
-    decoder of ``bundle`` and return the front's handle to it."""
+    decoder of ``bundle`` and return the front's handle to it. Raises ValueError for a
+    bundle without Whisper decoder graphs, ConnectionError for a cluster not reached."""
+    if "decoder_step" not in load_bundle(bundle).models:
+        raise ValueError(f"{bundle}: --ray serves v2 bundles (Whisper decoder graphs) only")
     ray.init(
         address=settings.address,
         include_dashboard=False,
@@ -131,6 +132,7 @@ def start(bundle: Path, beam: int, settings: RaySettings) -> RayDecoder:
             "downscale_delay_s": 60.0,
         },
         max_ongoing_requests=2 * settings.max_batch,
+        max_constructor_retry_count=3,  # a replica that cannot load fails the start soon
         ray_actor_options={"num_cpus": settings.threads},
     ).bind(str(bundle.resolve()), beam, settings.max_batch, settings.batch_wait_s, settings.threads)
     handle = serve.run(app, name=APP, route_prefix=None)

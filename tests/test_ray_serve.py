@@ -49,6 +49,15 @@ def test_ray_options_are_checked() -> None:
     assert result.exit_code == 2 and "--replicas" in result.output
 
 
+def test_ray_refuses_a_bundle_without_whisper_graphs(tiny_bundle: Path) -> None:
+    pytest.importorskip("ray.serve")
+    from edgetok.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--ray", "--bundle", str(tiny_bundle)])
+    assert result.exit_code == 1 and "serves v2 bundles" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_without_ray_serve_ray_names_the_extra() -> None:
     result = _run_python("from edgetok.cli import main\nmain(['serve', '--ray', '--port', '0'])\n")
     assert result.returncode == 1
@@ -95,7 +104,7 @@ def test_load_and_replica_kills_lose_no_utterance() -> None:
     report = json.loads(result.stdout)
     plain, ray = report["runs"]
     assert (plain["server"], ray["server"]) == ("plain", "ray")
-    assert ray["replica_kills"] == 2
+    assert ray["replica_kills"] == 2 and report["requests_resent"]["plain"] == 0
     for run in (plain, ray):
         assert run["utterances"] == 9 and run["finals"] == 9 and run["lost"] == 0
         assert run["mismatched"] == 0 and run["errors"] == 0
