@@ -301,7 +301,7 @@ def rebuild(path: str | Path, role: str) -> nn.Module:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cached = any(i.name == "past_keys" for i in session.get_inputs())
     dim = next((v.shape[-1] for k, v in state.items() if k.endswith("attn.kv.weight")), 0)
-    candidates = [0] if role in _ROTARY else [h for h in (4, 8, 2, 1, 16, 3, 6) if dim % h == 0]
+    candidates = [0] if role in _ROTARY else [h for h in (4, 6, 8, 2, 1, 16, 3) if dim % h == 0]
     if not dim:
         raise ValueError(f"{path}: not a {role} model (no attention parameters)")
     errors = []
