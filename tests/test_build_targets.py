@@ -229,3 +229,30 @@ def test_replaces_an_unfinished_build(tmp_path: Path) -> None:
     (out / "tokenizer.tflite").write_text("half-way")  # stopped before bundle.toml
     _prepare(out)
     assert [p.name for p in out.iterdir()] == [BUILD_MARKER]
+
+
+def test_a_missed_parity_threshold_exits_3_and_bench_lists_the_build_as_failed(
+    exported_bundle: Path, speech_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real FP32 build held to a bar no build can meet (token agreement above 1): the
+    bundle and its parity.json are written, the command exits 3, bench does not run it."""
+    from edgetok.bench.configs import find_configs
+    from edgetok.targets import parity
+
+    monkeypatch.setitem(parity.THRESHOLDS, "token_agreement", (">=", 1.01))
+    out = tmp_path / "build" / "x86-cpu-onnxruntime"
+    code, output = _build(
+        exported_bundle,
+        speech_corpus,
+        out,
+        "--target",
+        "x86-cpu",
+        "--backend",
+        "onnxruntime",
+        "--fp32",
+    )
+    assert code == 3, output
+    assert "parity FAILED: token_agreement >= 1.01" in output
+    assert load_bundle(out).meta.target == "x86-cpu"
+    (config,) = find_configs(["x86-cpu"], build_dir=tmp_path / "build")
+    assert not config.available and "token_agreement >= 1.01" in config.reason
