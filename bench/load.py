@@ -269,6 +269,11 @@ def _requests_resent(lines: list[str]) -> int:
     return sum("sending the request again" in line for line in lines)
 
 
+def _failures(lines: list[str]) -> list[str]:
+    """The server's log lines about failed or resent decodes, for a report."""
+    return [line.strip()[:300] for line in lines if "request" in line or "Error" in line][-20:]
+
+
 def _server_finals(lines: list[str]) -> int | None:
     """The finals the server sent in all, from its ``stopped: ServerStats(...)`` line."""
     for line in reversed(lines):
@@ -299,6 +304,8 @@ async def _serve_and_load(
             )
             results.append(run)
             _echo(run)
+    for line in _failures(running.lines):
+        click.echo(f"  server: {line}", err=True)
     return results, _server_finals(running.lines), _requests_resent(running.lines)
 
 

@@ -88,25 +88,31 @@ class BatchDecoder:
 
 class RayDecoder:
     """The front's decoder: ``decode(vectors)`` is a request to the deployment, sent
-    again while the replica it went to is dead or restarting. Thread-safe; blocks."""
+    again while the replica it went to is dead or restarting, or when no answer came in
+    ``answer_s`` (doubling at each try: a request can be stranded on a killed replica).
+    Decoding is pure, so a request sent twice still gives one text. Thread-safe; blocks."""
 
-    def __init__(self, handle: serve.handle.DeploymentHandle, retry_for_s: float) -> None:
-        self.handle, self.retry_for_s = handle, retry_for_s
+    def __init__(
+        self, handle: serve.handle.DeploymentHandle, retry_for_s: float, answer_s: float = 60.0
+    ) -> None:
+        self.handle, self.retry_for_s, self.answer_s = handle, retry_for_s, answer_s
         self.resent = 0
-        """Requests sent again after a replica died."""
+        """Requests sent again after a replica died or did not answer."""
 
     def decode(self, vectors: np.ndarray) -> str:
-        deadline = time.monotonic() + self.retry_for_s
+        deadline, wait = time.monotonic() + self.retry_for_s, self.answer_s
         while True:
+            response = self.handle.decode.remote(vectors)
             try:
-                return self.handle.decode.remote(vectors).result()
-            except (RayActorError, ActorUnavailableError) as exc:
+                return response.result(timeout_s=wait)
+            except (RayActorError, ActorUnavailableError, TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise
+                if isinstance(exc, TimeoutError):
+                    response.cancel()
+                    wait *= 2
                 self.resent += 1
-                log.warning(
-                    "decoder replica lost (%s); sending the request again", type(exc).__name__
-                )
+                log.warning("decoder request failed (%r); sending the request again", exc)
                 time.sleep(0.2)
 
 
