@@ -34,7 +34,9 @@ __all__ = ["ALL_TARGETS", "RESULTS_DIR", "save"]
 
 #: The targets the suite looks for, the shipped bundle first.
 ALL_TARGETS: Final = ("default", "x86-cpu", "android", "rpi", "jetson")
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+#: Where results are kept: ``bench/results`` of the current directory (the repository's
+#: when run from its root; never inside an installed package).
+RESULTS_DIR: Final = Path("bench") / "results"
 
 
 def save(report: dict[str, Any], text: str, results: Path, *, plot: bool = True) -> Path:
