@@ -4,8 +4,10 @@ The dynamo exporter keeps parameter names (``stem.conv1.weight``) except for Lin
 weights, which become transposed, unnamed MatMul constants; each is found through the
 ``<module>.bias`` that its MatMul's output is added to, or the exporter's name-scope
 metadata. Zero biases and unit norm weights may be folded away; the model's own init
-supplies them. The configuration (sizes, layer
-counts) is read from the parameter shapes; the number of attention heads, which no
+supplies them; weights stored as float16 (v2) are read through their ``Cast``. The
+architecture is told by parameter names (v2: a Whisper encoder ``encoder.conv1`` with
+the FSQ bottleneck, a frame aggregator ``frames``), the configuration (sizes, layer
+counts) from the parameter shapes; the number of attention heads, which no
 shape holds, from the rotary frequencies or else by trying each divisor of the width
 against the ONNX outputs. ``rebuild`` checks that the torch module reproduces the ONNX
 model in onnxruntime before it returns it.
