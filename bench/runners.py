@@ -62,13 +62,15 @@ class _BenchSink:
 
     timing = "sink"
 
-    def __init__(self, url: str, token: str, identity: Any, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, url: str, token: str, identity: Any, clock: Callable[[], float], **wire: Any
+    ) -> None:
         from edgetok.sinks import RemoteSink
 
         self.clock = clock
         self._first: dict[int, float] = {}
-        self.remote = RemoteSink(url, token, identity, on_transcript=self._on_text)
-        self.dtype = self.remote.dtype
+        self.remote = RemoteSink(url, token, identity, on_transcript=self._on_text, **wire)
+        self.dtype, self.codes = self.remote.dtype, self.remote.codes
         self.parts: list[dict[str, float]] = []
         self._submitted: dict[int, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
@@ -156,6 +158,7 @@ class PipelineRunner(Participant):
     ) -> None:
         from edgetok.protocol import wire_identity
         from edgetok.server import start_server
+        from edgetok.sinks import wire_format
         from edgetok.stages import server_decoder
 
         assert config.bundle is not None
@@ -177,10 +180,13 @@ class PipelineRunner(Participant):
                 self.decodes.append(self.clock() - started)
 
         token = secrets.token_urlsafe(16)
-        self.server = start_server(decode, wire_identity(self.bundle), token=token)
+        wire = wire_format(self.bundle)  # the bundle's default: its segment codes if any
+        self.server = start_server(
+            decode, wire_identity(self.bundle), token=token, codes=wire["codes"]
+        )
         try:
             url = f"ws://127.0.0.1:{self.server.port}/"
-            self.sink = _BenchSink(url, token, wire_identity(self.bundle), self.clock)
+            self.sink = _BenchSink(url, token, wire_identity(self.bundle), self.clock, **wire)
         except BaseException:
             self.server.close()
             raise

@@ -27,7 +27,7 @@ import numpy as np
 from edgetok.audio import SAMPLE_RATE, AudioSource
 from edgetok.frontend import LogMelStream, log_mel
 from edgetok.protocol import MAX_UTTERANCE_S
-from edgetok.sinks import Sink, frames_bytes
+from edgetok.sinks import Sink, frames_bytes, wire_bytes
 from edgetok.stages import Transcriber
 from edgetok.vad import CHUNK, SileroModel, VadConfig, VadEvent, VoiceDetector
 
@@ -391,8 +391,9 @@ class Pipeline:
         dim, dtype = vectors.shape[1], self.sink.dtype
         samples = round((end_s - start_s) * self.sample_rate)
         traffic = Traffic(
-            segments=frames_bytes(len(starts), dim, dtype),
-            dense=frames_bytes(len(tokens), dim, dtype),
+            segments=wire_bytes(starts, lengths, vectors, dtype, self.sink.codes),
+            # Dense: every token's vector, in the float form (codes are per segment).
+            dense=frames_bytes(len(tokens), dim, "fp16" if dtype == "codes" else dtype),
             pcm=samples * PCM_BYTES,
         )
         return Utterance(

@@ -1,8 +1,9 @@
 """Where an utterance's segments go: a local decoder, a decoding server, or a .jsonl file.
 
 A sink takes the segments of one whole utterance (``submit``, returning a handle) and
-gives its final text (``result``). ``frames_bytes`` is what the segments cost on the wire
-(docs/protocol.md), so every sink reports the same byte counts.
+gives its final text (``result``). ``wire_bytes`` is what the segments cost on the wire
+(docs/protocol.md) in a sink's wire format (``dtype``, with ``codes`` for protocol 2's
+segment codes), so every sink reports the same byte counts.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import base64
 import json
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgetok.protocol import Identity, encode_frame, frame_bytes
+from edgetok.protocol import HELLO_DTYPES, Identity, encode_frame, frame_bytes
+from edgetok.segment_codes import SegmentCodes
 from edgetok.stages import DecoderStage
+
+if TYPE_CHECKING:
+    from edgetok.bundle import Bundle
 
 __all__ = [
     "SEGMENTS_PER_FRAME",
@@ -25,6 +30,8 @@ __all__ = [
     "RemoteSink",
     "Sink",
     "frames_bytes",
+    "wire_bytes",
+    "wire_format",
 ]
 
 SEGMENTS_PER_FRAME = 256
@@ -43,11 +50,54 @@ def _slices(count: int) -> list[slice]:
     return [slice(i, i + SEGMENTS_PER_FRAME) for i in range(0, max(count, 1), SEGMENTS_PER_FRAME)]
 
 
+def wire_bytes(
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    vectors: np.ndarray,
+    dtype: str = "fp16",
+    codes: SegmentCodes | None = None,
+) -> int:
+    """Bytes of the frames that carry one utterance's segments, as encoded (seq and
+    utterance 0: a codes frame's varints may take a byte or two more on a long session)."""
+    if dtype != "codes":
+        return frames_bytes(len(starts), vectors.shape[1], dtype)
+    parts = _slices(len(starts))
+    return sum(
+        len(
+            encode_frame(
+                0,
+                0,
+                starts[part],
+                lengths[part],
+                vectors[part],
+                dtype=dtype,
+                codes=codes,
+                end=i == len(parts) - 1,
+            )
+        )
+        for i, part in enumerate(parts)
+    )
+
+
+def wire_format(bundle: Bundle, wire: str | None = None) -> dict[str, Any]:
+    """A sink's ``dtype`` and ``codes`` for ``wire`` (fp16, int8 or codes; None: codes
+    when the bundle has segment codes, else fp16)."""
+    codes = SegmentCodes.of_bundle(bundle)
+    wire = wire or ("codes" if codes is not None else "fp16")
+    if wire not in HELLO_DTYPES:
+        raise ValueError(f"wire format {wire!r} is not one of {', '.join(HELLO_DTYPES)}")
+    if wire == "codes" and codes is None:
+        raise ValueError(f"bundle {bundle.meta.name!r} has no [segment_codes]: send fp16 or int8")
+    return {"dtype": wire, "codes": codes if wire == "codes" else None}
+
+
 class Sink(Protocol):
     timing: str
     """The stage name under which the pipeline records the sink's time."""
     dtype: str
     """The wire dtype of the vectors (for byte counts)."""
+    codes: SegmentCodes | None
+    """The segment codes when ``dtype`` is codes."""
 
     def submit(self, starts: np.ndarray, lengths: np.ndarray, vectors: np.ndarray) -> int: ...
 
@@ -70,18 +120,21 @@ class _Handles:
 
 
 class LocalSink:
-    """Decoding on this machine with a ``DecoderStage`` (float32 vectors)."""
+    """Decoding on this machine with a ``DecoderStage``: float32 vectors, or with
+    ``codes`` the vectors a codes server would decode (dequantized)."""
 
     timing = "decoder"
-    dtype = "fp16"
 
-    def __init__(self, decoder: DecoderStage) -> None:
-        self.decoder = decoder
+    def __init__(self, decoder: DecoderStage, codes: SegmentCodes | None = None) -> None:
+        self.decoder, self.codes = decoder, codes
+        self.dtype = "fp16" if codes is None else "codes"
         self._handles = _Handles()
         self._waiting: dict[int, np.ndarray] = {}
 
     def submit(self, starts: np.ndarray, lengths: np.ndarray, vectors: np.ndarray) -> int:
         handle = self._handles.take()
+        if self.codes is not None:
+            vectors = self.codes.decode(self.codes.encode(vectors))
         self._waiting[handle] = vectors
         return handle
 
@@ -109,14 +162,15 @@ class RemoteSink:
         identity: Identity,
         *,
         dtype: str = "fp16",
+        codes: SegmentCodes | None = None,
         timeout_s: float = 30.0,
         resends: int = 3,
         **options: Any,
     ) -> None:
         from edgetok.client import RemoteDecoder
 
-        self.dtype, self.timeout_s, self.resends = dtype, timeout_s, resends
-        self.remote = RemoteDecoder(url, token, identity, dtype=dtype, **options)
+        self.dtype, self.codes, self.timeout_s, self.resends = dtype, codes, timeout_s, resends
+        self.remote = RemoteDecoder(url, token, identity, dtype=dtype, codes=codes, **options)
         self._handles = _Handles()
         self._segments: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         """Handle -> segments of each utterance whose text was not taken yet."""
@@ -177,8 +231,10 @@ class JsonlSink:
 
     timing = "file"
 
-    def __init__(self, path: str | Path, *, dtype: str = "fp16") -> None:
-        self.path, self.dtype = Path(path), dtype
+    def __init__(
+        self, path: str | Path, *, dtype: str = "fp16", codes: SegmentCodes | None = None
+    ) -> None:
+        self.path, self.dtype, self.codes = Path(path), dtype, codes
         self._file = self.path.open("w", encoding="utf-8")
         self._handles = _Handles()
         self._seq = 0
@@ -196,6 +252,7 @@ class JsonlSink:
                 vectors[part],
                 dtype=self.dtype,
                 end=i == len(parts) - 1,
+                codes=self.codes,
             )
             frames.append(base64.b64encode(data).decode("ascii"))
             self._seq += 1

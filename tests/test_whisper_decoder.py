@@ -94,13 +94,14 @@ def test_a_training_step_moves_only_what_should(data, tmp_path: Path) -> None:
 
     def loss(idx: list[int]):
         batch = [segmented.segments(i) for i in idx]
-        return model.loss(batch, [segmented.targets[i] for i in idx]), {}
+        text_loss, _ = model.loss(batch, [segmented.targets[i] for i in idx])
+        return text_loss, {}
 
     run.train(iter([[0, 1, 2], [0, 2]]), loss)
     assert run.step == 2 and (tmp_path / "run" / "last.pt").exists()
     assert torch.equal(model.decoder.token_embedding.weight, embedding)
     assert model.aggregator.correction.weight.abs().sum() > 0
-    context, counts = model.context([segmented.segments(i) for i in (0, 2)])
+    context, counts, _ = model.context([segmented.segments(i) for i in (0, 2)])
     assert context.shape == (2, int(counts.max()), 384)
     model.eval()
     out = model.greedy([segmented.segments(i) for i in (0, 1)], bpe.prompt, bpe.eot, 5)
@@ -113,10 +114,10 @@ def test_a_padded_batch_equals_each_item_alone(data) -> None:
     segmented, _ = data
     model = new_model(max_len=4).eval()
     with torch.no_grad():
-        both, counts = model.context([segmented.segments(i) for i in (1, 2)])
+        both, counts, _ = model.context([segmented.segments(i) for i in (1, 2)])
         text = torch.tensor([segmented.targets[1][:4].tolist()] * 2)
         batched = model.decoder(text, both, counts)
-        alone, _ = model.context([segmented.segments(1)])
+        alone, _, _ = model.context([segmented.segments(1)])
         single = model.decoder(text[:1], alone)
     torch.testing.assert_close(batched[0], single[0], atol=1e-4, rtol=1e-4)
 
@@ -190,3 +191,24 @@ def test_greedy_stops_at_the_last_position(data) -> None:
     model = new_model(max_len=4).eval()
     out = model.greedy([segmented.segments(0)], bpe.prompt, eot=-1, max_tokens=10_000)
     assert len(out[0]) == 448 - len(bpe.prompt)
+
+
+def test_the_learned_codes_are_the_wires_codes() -> None:
+    """Forward: exactly what SegmentCodes dequantizes; backward: straight through to the
+    vectors, and the VQ loss reaches the codebooks."""
+    from edgetok.segment_codes import SegmentCodes
+    from edgetok.train.fit_whisper_decoder import ResidualQuantizer
+
+    rng = np.random.default_rng(0)
+    books = rng.normal(size=(3, 16, 8)).astype(np.float32)
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    quantizer = ResidualQuantizer(books)
+    x = torch.from_numpy(vectors).requires_grad_(True)
+    quantized, vq_loss = quantizer(x)
+    wire = SegmentCodes(books)
+    np.testing.assert_allclose(
+        quantized.detach().numpy(), wire.decode(wire.encode(vectors)), atol=1e-5
+    )
+    (quantized.sum() + vq_loss).backward()
+    assert x.grad is not None and float(x.grad.abs().min()) > 0
+    assert quantizer.codebooks.grad is not None and float(quantizer.codebooks.grad.abs().sum()) > 0

@@ -25,7 +25,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def server_options(f: F) -> F:
     """``--server URL``, ``--token`` (env EDGETOK_TOKEN) or ``--token-file``,
-    ``--retry-for``, ``--local``."""
+    ``--retry-for``, ``--wire``, ``--local``."""
+    f = click.option(
+        "--wire",
+        type=click.Choice(["codes", "fp16", "int8"]),
+        default=None,
+        help="How segments travel to --server (and into --jsonl): the bundle's segment "
+        "codes, a few bytes each (protocol 2; the default when the bundle has them), or "
+        "float vectors (protocol 1, any server).",
+    )(f)
     f = click.option(
         "--local",
         is_flag=True,
@@ -96,6 +104,7 @@ def open_sink(
     local: bool,
     jsonl: Path | None = None,
     retry_for_s: float = 30.0,
+    wire: str | None = None,
 ) -> Sink:
     """The sink the options ask for: a server, a .jsonl file, or the local decoder."""
     from edgetok.sinks import JsonlSink, LocalSink
@@ -103,13 +112,31 @@ def open_sink(
     if sum((server is not None, local, jsonl is not None)) > 1:
         raise click.UsageError("choose one of --server, --local and --jsonl")
     if jsonl is not None:
-        return JsonlSink(jsonl)
+        return JsonlSink(jsonl, **wire_options(bundle, wire))
     if server is None:
+        if wire is not None:
+            raise click.UsageError("--wire is for --server and --jsonl")
         return LocalSink(transcriber.pack.decoder)
-    return connect(bundle, server, token, retry_for_s)
+    return connect(bundle, server, token, retry_for_s, wire)
 
 
-def connect(bundle: Bundle, url: str, token: str | None, retry_for_s: float = 30.0) -> Sink:
+def wire_options(bundle: Bundle, wire: str | None) -> dict[str, Any]:
+    """``sinks.wire_format`` with a click error."""
+    from edgetok.sinks import wire_format
+
+    try:
+        return wire_format(bundle, wire)
+    except ValueError as exc:
+        raise click.UsageError(f"--wire: {exc}") from None
+
+
+def connect(
+    bundle: Bundle,
+    url: str,
+    token: str | None,
+    retry_for_s: float = 30.0,
+    wire: str | None = None,
+) -> Sink:
     """A ``RemoteSink`` to ``url`` that keeps reconnecting for ``retry_for_s`` seconds, or
     a click error saying why there is none."""
     from edgetok.client import RemoteError
@@ -118,8 +145,9 @@ def connect(bundle: Bundle, url: str, token: str | None, retry_for_s: float = 30
 
     if not url.startswith(("ws://", "wss://")):
         raise click.UsageError(f"--server must be a ws:// or wss:// URL, got {url!r}")
+    options = wire_options(bundle, wire)
     try:
-        return RemoteSink(url, token, wire_identity(bundle), retry_for_s=retry_for_s)
+        return RemoteSink(url, token, wire_identity(bundle), retry_for_s=retry_for_s, **options)
     except (RemoteError, ConnectionError, OSError, TimeoutError) as exc:
         raise click.ClickException(f"cannot use the server at {url}: {exc}") from None
 

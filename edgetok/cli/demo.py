@@ -57,7 +57,7 @@ def command(
     from edgetok.pipeline import Pipeline
     from edgetok.protocol import wire_identity
     from edgetok.server import start_server
-    from edgetok.sinks import RemoteSink
+    from edgetok.sinks import RemoteSink, wire_format
     from edgetok.stages import server_decoder
 
     transcriber = open_transcriber(bundle_path, threads, beam)
@@ -74,10 +74,14 @@ def command(
     token = secrets.token_urlsafe(16)
     decoder = server_decoder(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
-    with start_server(decoder, wire_identity(bundle), token=token) as server:
+    wire = wire_format(bundle)  # the segment codes when the bundle has them
+    with start_server(decoder, wire_identity(bundle), token=token, codes=wire["codes"]) as server:
         url = f"ws://127.0.0.1:{server.port}/"
-        sink = RemoteSink(url, token, wire_identity(bundle))
-        say(f"server: {url} (in-process, random token), bundle {bundle.meta.name!r}")
+        sink = RemoteSink(url, token, wire_identity(bundle), **wire)
+        say(
+            f"server: {url} (in-process, random token), bundle {bundle.meta.name!r}, "
+            f"wire {wire['dtype']}"
+        )
         pace = "as fast as possible" if fast else "in real time"
         say(f"streaming {path} ({source.duration_s:.2f} s) {pace}, 32 ms chunks")
         pipeline = Pipeline(transcriber, sink, vad=vad)

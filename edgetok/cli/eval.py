@@ -234,6 +234,26 @@ def _human_manifest() -> Path:
     help="Also write every transcript to this JSONL file: id, voice, system, reference, "
     "hypothesis (normalised as scored).",
 )
+@click.option(
+    "--wire",
+    is_flag=True,
+    help="Instead of the systems above: bytes/s on the wire against WER, on the same "
+    "clips: float segments (protocol 1), the bundle's segment codes (protocol 2), the "
+    "entropy-coded token stream, Opus at 6 and 12 kbit/s then Whisper tiny.en, raw PCM "
+    "(edgetok/wire_eval.py).",
+)
+@click.option(
+    "--code-stages",
+    default=None,
+    metavar="M[,M...]",
+    help="With --wire: score these prefixes of the segment codes [default: all stages].",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="With --wire: also draw bytes/s against WER into this PNG.",
+)
 @beam_option
 @threads_option
 def command(
@@ -248,6 +268,9 @@ def command(
     as_json: bool,
     record: bool,
     hypotheses: Path | None,
+    wire: bool,
+    code_stages: str | None,
+    plot: Path | None,
     threads: int,
     beam: int,
 ) -> None:
@@ -278,6 +301,11 @@ def command(
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     transcriber = open_transcriber(bundle_path, threads, beam)
+    if wire:
+        _eval_wire(manifest, utterances, transcriber, whisper, threads, code_stages, plot, as_json)
+        return
+    if code_stages is not None or plot is not None:
+        raise click.UsageError("--code-stages and --plot go with --wire")
     if no_baselines and baseline_dirs:
         raise click.UsageError("--no-baselines with --baseline")
     if not baseline_dirs and not no_baselines:
@@ -321,3 +349,45 @@ def command(
         click.echo(json.dumps({**head, **result}))
     else:
         click.echo(format_tables(result))
+
+
+def _eval_wire(
+    manifest: Path,
+    utterances: list[Any],
+    transcriber: Any,
+    whisper: bool | None,
+    threads: int,
+    code_stages: str | None,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    """``edgetok eval --wire``: one table (or JSON), and the plot when asked."""
+    from edgetok import evaluate as ev
+    from edgetok import wire_eval
+
+    try:
+        stages = [int(m) for m in code_stages.split(",")] if code_stages else None
+    except ValueError:
+        raise click.UsageError(f"--code-stages: {code_stages!r} is not M[,M...]") from None
+    recognizer = _reference_systems(ev, False, whisper, threads)
+    if not recognizer:
+        click.echo("no Whisper: the Opus rows are left out", err=True)
+    try:
+        result = wire_eval.evaluate_wire(
+            utterances,
+            transcriber,
+            code_stages=stages,
+            whisper=next(iter(recognizer.values()), None),
+            progress=True,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if plot is not None:
+        title = f"{transcriber.bundle.meta.name} on {manifest.name} ({result['utterances']} clips)"
+        wire_eval.plot_wire(result, str(plot), title)
+        click.echo(f"plot: {plot}", err=True)
+    if as_json:
+        head = {"manifest": str(manifest), "bundle": str(transcriber.bundle.root)}
+        click.echo(json.dumps({**head, **result}))
+    else:
+        click.echo(wire_eval.format_wire(result))

@@ -63,6 +63,7 @@ def command(
     server: str | None,
     token: str | None,
     retry_for: float,
+    wire: str | None,
     local: bool,
     jsonl: Path | None,
     vad_threshold: float,
@@ -94,7 +95,7 @@ def command(
             source = Microphone(int(device) if device and device.isdigit() else device)
     except AudioError as exc:
         raise click.ClickException(str(exc)) from None
-    sink = open_sink(transcriber.bundle, transcriber, server, token, local, jsonl, retry_for)
+    sink = open_sink(transcriber.bundle, transcriber, server, token, local, jsonl, retry_for, wire)
     pipeline = Pipeline(transcriber, sink, vad=vad)
     name = "stdin" if raw is not None else source.name
     click.echo(f"listening to {name}; Ctrl-C to stop", err=True)

@@ -312,6 +312,32 @@ def decoder_cmd(
     show_default=True,
     help="The train subset whose encoder features and v2 tokens were cached.",
 )
+@click.option(
+    "--init-run",
+    default=None,
+    help="Start from this whisper-decoder run (its weights and compression).",
+)
+@click.option(
+    "--codes",
+    "codes_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Residual VQ codebooks (.npy [M, K, D]): fine-tune --init-run's decoder on "
+    "dequantized segment vectors, the aggregator frozen (wire codes, issue 19).",
+)
+@click.option(
+    "--code-stages",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use the first M stages of --codes (default: all).",
+)
+@click.option(
+    "--float-share",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.25,
+    show_default=True,
+    help="With --codes: the share of utterances trained on float vectors (v1 clients).",
+)
 def whisper_decoder_cmd(
     corpus_dir,
     run_name,
@@ -321,14 +347,24 @@ def whisper_decoder_cmd(
     max_len,
     max_positions,
     train_hours,
+    init_run,
+    codes_path,
+    code_stages,
+    float_share,
     **loop_kwargs,
 ) -> None:
     """v2: train the aggregator and fine-tune the pretrained Whisper tiny.en decoder over
     MODE segments: cut where the v2 tokens say, read from the encoder frames they span
-    (after semantic-tokenize, lm --tokens v2, score)."""
+    (after semantic-tokenize, lm --tokens v2, score). With --init-run and --codes: the
+    decoder of a trained run learns to read the wire's segment codes."""
     name = run_name or f"whisper_decoder_{mode}"
     corpus, run_dir, loop = _setup(corpus_dir, name, **loop_kwargs)
+    from edgetok.segment_codes import SegmentCodes
     from edgetok.train.fit_whisper_decoder import train_whisper_decoder
+
+    if codes_path is not None and init_run is None:
+        raise click.UsageError("--codes fine-tunes a trained run: give --init-run")
+    codes = None if codes_path is None else SegmentCodes.load(codes_path, code_stages).codebooks
 
     train_whisper_decoder(
         corpus,
@@ -340,6 +376,9 @@ def whisper_decoder_cmd(
         max_len=max_len,
         max_positions=max_positions,
         train_hours=train_hours,
+        init_run=None if init_run is None else run_dir.parent / init_run,
+        codes=codes,
+        float_share=float_share if codes is not None else 0.0,
     )
 
 

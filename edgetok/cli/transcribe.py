@@ -65,6 +65,7 @@ def command(
     server: str | None,
     token: str | None,
     retry_for: float,
+    wire: str | None,
     local: bool,
     vad_threshold: float,
     min_speech: float,
@@ -101,7 +102,7 @@ def command(
         vad_model = SileroModel()
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    sink = open_sink(transcriber.bundle, transcriber, server, token, local, None, retry_for)
+    sink = open_sink(transcriber.bundle, transcriber, server, token, local, None, retry_for, wire)
     pipeline = Pipeline(
         transcriber,
         sink,
@@ -113,7 +114,7 @@ def command(
     failures = Failures(len(files))
     try:
         with Termination(GRACE_S) as termination:
-            batch = _Batch(pipeline, termination, failures, server, token, retry_for, as_json)
+            batch = _Batch(pipeline, termination, failures, server, token, retry_for, wire, as_json)
             for index, path in enumerate(files):
                 if termination.requested:
                     rest = len(files) - index
@@ -144,6 +145,7 @@ class _Batch:
     server: str | None
     token: str | None
     retry_for_s: float
+    wire: str | None
     as_json: bool
 
     def file(self, path: Path) -> None:
@@ -202,7 +204,9 @@ class _Batch:
         _close(self.pipeline.sink)
         try:
             bundle = self.pipeline.transcriber.bundle
-            self.pipeline.sink = connect(bundle, self.server, self.token, self.retry_for_s)
+            self.pipeline.sink = connect(
+                bundle, self.server, self.token, self.retry_for_s, self.wire
+            )
         except click.ClickException as exc:
             raise _ServerLost(exc.message) from None
 

@@ -10,6 +10,14 @@ model already reads the mean frames (Whisper's encoder output, pooled), so fine-
 starts from a decoder that half works. The token embedding (tied to the output head) and
 positions stay frozen; the blocks train at ``DECODER_LR_SCALE`` times the aggregator's
 rate.
+
+Wire codes (issue 19): ``codes=`` fine-tunes a trained run through the wire's residual
+VQ (``edgetok.segment_codes``), codebooks initialised by k-means on its vectors: the
+aggregator learns vectors that survive the codes, the codebooks follow them (VQ-VAE
+losses, straight-through gradients), the decoder learns to read them. A ``float_share``
+of the utterances skip the codes, so that the same models still serve float (v1)
+clients. (Fine-tuning the decoder alone, the aggregator frozen, left dev WER at 63 %
+after 500 steps: the codes of a frozen aggregator lose what the text needs.)
 """
 
 from __future__ import annotations
@@ -41,7 +49,13 @@ from edgetok.train.tokenset import TokenSet, load_tokens
 from edgetok.train.whisper import WhisperDecoder, load_whisper
 from edgetok.train.whisper_features import EncoderFeatures
 
-__all__ = ["BpeText", "SegmentWhisper", "SegmentedFeatures", "train_whisper_decoder"]
+__all__ = [
+    "BpeText",
+    "ResidualQuantizer",
+    "SegmentWhisper",
+    "SegmentedFeatures",
+    "train_whisper_decoder",
+]
 
 #: The decoder's blocks learn at this fraction of the aggregator's rate.
 DECODER_LR_SCALE = 0.1
@@ -109,43 +123,97 @@ class BpeText:
         return self._tok.decode([i for i in ids if i < self.eot]).strip()
 
 
-class SegmentWhisper(nn.Module):
-    """Feature aggregator -> the pretrained Whisper decoder."""
+class ResidualQuantizer(nn.Module):
+    """The wire's segment codes in torch, learned: greedy residual VQ as
+    ``SegmentCodes.encode`` picks (same distance and ties) over trainable codebooks
+    (initialised from k-means), straight-through gradients to the vectors, and the VQ-VAE
+    losses (codebook rows pulled to what they code, vectors committed to their rows)."""
 
-    def __init__(self, decoder: WhisperDecoder, max_len: int) -> None:
+    def __init__(self, codebooks: np.ndarray, commitment: float = 0.25) -> None:
+        super().__init__()
+        self.codebooks = nn.Parameter(torch.from_numpy(np.array(codebooks, np.float32)))
+        self.commitment = commitment
+
+    def forward(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors as the server dequantizes them, gradients passed straight through;
+        the VQ loss)."""
+        residual, total = vectors, torch.zeros_like(vectors)
+        loss = vectors.new_zeros(())
+        for rows in self.codebooks:
+            with torch.no_grad():
+                norms = (rows * rows).sum(-1)
+                index = (norms[None, :] - 2.0 * residual @ rows.T).argmin(dim=1)
+            chosen = rows[index]
+            loss = loss + F.mse_loss(chosen, residual.detach())
+            loss = loss + self.commitment * F.mse_loss(residual, chosen.detach())
+            residual = residual - chosen.detach()
+            total = total + chosen.detach()
+        return vectors + (total - vectors).detach(), loss / len(self.codebooks)
+
+
+class SegmentWhisper(nn.Module):
+    """Feature aggregator -> (the wire's codes) -> the pretrained Whisper decoder."""
+
+    def __init__(
+        self, decoder: WhisperDecoder, max_len: int, codes: ResidualQuantizer | None = None
+    ) -> None:
         super().__init__()
         self.aggregator = FeatureAggregator(
             FeatureAggregatorConfig(feature_dim=decoder.dims.dim, max_len=max_len)
         )
         self.decoder = decoder
+        self.codes = codes
         decoder.token_embedding.weight.requires_grad_(False)
         decoder.positions.requires_grad_(False)
 
     def param_groups(self, lr: float) -> list[dict]:
         """The aggregator at ``lr``, the decoder's blocks slower (``TrainingRun``)."""
         theirs = [p for p in self.decoder.parameters() if p.requires_grad]
+        ours = list(self.aggregator.parameters())
+        if self.codes is not None:
+            ours += list(self.codes.parameters())
         return [
-            {"params": list(self.aggregator.parameters()), "lr": lr},
+            {"params": ours, "lr": lr},
             {"params": theirs, "lr": lr * DECODER_LR_SCALE},
         ]
 
-    def context(self, batch: list[Segments]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Segment vectors [B, S_max, dim] of a batch of utterances and their counts [B]."""
+    def context(
+        self, batch: list[Segments], coded: list[bool] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segment vectors [B, S_max, dim] of a batch of utterances, their counts [B] and
+        the VQ loss; ``coded[b]``: utterance b's vectors go through the wire's codes
+        (default: all of them when the model has codes)."""
         counts = [len(mask) for _, mask in batch]
         frames = torch.from_numpy(np.concatenate([f for f, _ in batch]))
         mask = torch.from_numpy(np.concatenate([m for _, m in batch]))
-        rows = torch.split(self.aggregator(frames, mask), counts)
-        return nn.utils.rnn.pad_sequence(list(rows), batch_first=True), torch.tensor(counts)
+        vectors = self.aggregator(frames, mask)
+        vq_loss = vectors.new_zeros(())
+        if self.codes is not None:
+            coded = coded if coded is not None else [True] * len(batch)
+            which = torch.from_numpy(np.repeat(np.array(coded, bool), counts))
+            if which.any():
+                quantized, vq_loss = self.codes(vectors[which])
+                vectors = vectors.clone()
+                vectors[which] = quantized
+        rows = list(torch.split(vectors, counts))
+        return (
+            nn.utils.rnn.pad_sequence(rows, batch_first=True),
+            torch.tensor(counts),
+            vq_loss,
+        )
 
-    def loss(self, batch: list[Segments], targets: list[np.ndarray]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the text (prompt excluded)."""
-        context, counts = self.context(batch)
+    def loss(
+        self, batch: list[Segments], targets: list[np.ndarray], coded: list[bool] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean next-token cross-entropy over the text (prompt excluded), and the VQ loss."""
+        context, counts, vq_loss = self.context(batch, coded)
         text = torch.from_numpy(pad_stack(targets, pad_value=IGNORE)[0])
         inputs = text[:, :-1].clamp(min=0)
         expected = text[:, 1:].clone()
         expected[:, 0] = IGNORE  # <|notimestamps|> is part of the prompt, given, not learned
         logits = self.decoder(inputs, context, counts)
-        return F.cross_entropy(logits.transpose(1, 2), expected, ignore_index=IGNORE)
+        text_loss = F.cross_entropy(logits.transpose(1, 2), expected, ignore_index=IGNORE)
+        return text_loss, vq_loss
 
     @torch.no_grad()
     def greedy(
@@ -154,7 +222,7 @@ class SegmentWhisper(nn.Module):
         """Greedy token ids after the prompt (the whole text rerun per token), at most
         ``max_tokens`` and never past the decoder's last position."""
         max_tokens = min(max_tokens, self.decoder.dims.max_text - len(prompt))
-        context, counts = self.context(batch)
+        context, counts, _ = self.context(batch)
         ids = torch.tensor([prompt] * len(batch))
         done = torch.zeros(len(batch), dtype=torch.bool)
         for _ in range(max_tokens):
@@ -170,10 +238,21 @@ class SegmentWhisper(nn.Module):
         return out
 
 
-def new_model(max_len: int) -> SegmentWhisper:
+def new_model(max_len: int, codes: ResidualQuantizer | None = None) -> SegmentWhisper:
     """A fresh ``SegmentWhisper`` on the pinned pretrained tiny.en weights."""
     _, decoder = load_whisper(whisper_dir(ENCODER) / "model.bin")
-    return SegmentWhisper(decoder.train(), max_len)
+    return SegmentWhisper(decoder.train(), max_len, codes)
+
+
+def _start_from(run_dir: Path, init_run: Path) -> None:
+    """A new run that fine-tunes ``init_run``: it takes over that run's compression (so
+    it cuts where the aggregator it keeps was trained to)."""
+    if not (init_run / "last.pt").exists():
+        raise FileNotFoundError(f"{init_run}: no last.pt to fine-tune from")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / COMPRESSION_FILE
+    if not target.exists():
+        target.write_text((init_run / COMPRESSION_FILE).read_text())
 
 
 def train_whisper_decoder(
@@ -188,9 +267,23 @@ def train_whisper_decoder(
     max_positions: int = 1_000,
     train_hours: float | None = DEFAULT_TRAIN_HOURS,
     dev_utterances: int = 120,
+    init_run: Path | None = None,
+    codes: np.ndarray | None = None,
+    float_share: float = 0.0,
 ) -> SegmentWhisper:
     """Train (or resume) aggregator + Whisper decoder over ``mode`` segments: cut where
-    the v2 tokens say, read from the cached encoder features of the same utterances."""
+    the v2 tokens say, read from the cached encoder features of the same utterances.
+
+    ``init_run``: start from that run's weights and compression. ``codes`` (residual VQ
+    codebooks [M, K, D], from k-means): the aggregator, the codebooks and the decoder
+    learn together through the codes, for all but a random ``float_share`` of the
+    utterances; dev WER is on codes."""
+    if codes is not None and init_run is None:
+        raise ValueError("codes fine-tune a trained run: give init_run")
+    if not 0.0 <= float_share < 1.0:
+        raise ValueError(f"float_share must be in [0, 1), got {float_share}")
+    if init_run is not None:
+        _start_from(run_dir, init_run)
     train_tokens = load_tokens(corpus_dir, "train", "v2")
     compression = run_compression(
         run_dir, train_tokens, mode, target_hz=target_hz, min_len=min_len, max_len=max_len
@@ -205,8 +298,15 @@ def train_whisper_decoder(
     dev = split("dev", load_tokens(corpus_dir, "dev", "v2"), None)
     print(f"{mode}: {train.segments_per_second():.2f} segments/s on train, {compression}")
 
-    model = new_model(compression.max_len)
+    model = new_model(compression.max_len, None if codes is None else ResidualQuantizer(codes))
+    if init_run is not None and not (run_dir / "last.pt").exists():
+        state = torch.load(init_run / "last.pt", map_location="cpu", weights_only=False)
+        # The codebooks are new (k-means): everything else comes from init_run.
+        missing = model.load_state_dict(state["model"], strict=False).missing_keys
+        if any(not key.startswith("codes.") for key in missing):
+            raise ValueError(f"{init_run}: its model lacks {missing}")
     run = TrainingRun(run_dir, model, loop)
+    choose = np.random.default_rng(loop.seed + run.step)
     dev_idx = list(range(min(dev_utterances, len(dev.texts))))
 
     def evaluate() -> dict[str, float]:
@@ -219,7 +319,9 @@ def train_whisper_decoder(
 
     def loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
         batch = [train.segments(i) for i in idx]
-        return model.loss(batch, [train.targets[i] for i in idx]), {}
+        coded = (choose.random(len(idx)) >= float_share).tolist()
+        text_loss, vq_loss = model.loss(batch, [train.targets[i] for i in idx], coded)
+        return text_loss + vq_loss, {"text": text_loss.item(), "vq": vq_loss.item()}
 
     batches = bucketed_batches(train.lengths(), max_frames=max_positions, seed=loop.seed + run.step)
     run.train(batches, loss, evaluate=evaluate, desc=f"whisper-decoder-{mode}")
@@ -230,7 +332,9 @@ def load_whisper_decoder(run_dir: Path) -> tuple[SegmentWhisper, Compression]:
     """The model and compression of a ``whisper-decoder`` run, in eval mode."""
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
     compression = Compression.from_dict(json.loads((run_dir / COMPRESSION_FILE).read_text()))
-    model = new_model(compression.max_len)
+    books = state.get("codes.codebooks")  # a run trained through the wire's codes
+    codes = ResidualQuantizer(books.numpy()) if books is not None else None
+    model = new_model(compression.max_len, codes)
     model.load_state_dict(state)
     return model.eval(), compression
 

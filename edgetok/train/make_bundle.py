@@ -23,6 +23,7 @@ from edgetok.bundle import (
     BundleMeta,
     FrontendSection,
     ModelEntry,
+    SegmentCodesSection,
     SegmenterSection,
     TextSection,
     TokensSection,
@@ -165,6 +166,8 @@ EMBEDDING_FILE = "decoder_embedding.f16"
 EMBEDDING_SOURCE_VARIABLE = "decoder/embeddings/weight"
 #: The tokenizer's frozen encoder weights (float16), external data shipped in the bundle.
 ENCODER_FILE = "tokenizer_encoder.f16"
+#: The wire's residual VQ codebooks of a run trained through them (protocol 2).
+SEGMENT_CODES_FILE = "segment_codes.npy"
 
 
 def export_whisper_pack(model: nn.Module, directory: Path) -> tuple[dict, dict[str, float]]:
@@ -233,6 +236,16 @@ def make_bundle_v2(
     models = {**{role: ModelEntry.fp32_onnx(path) for role, path in front.items()}, **models}
     models["tokenizer"] = _frozen_encoder_external(front["tokenizer"], models["tokenizer"], encoder)
     np.save(staging / CODEBOOK_FILE, bottleneck.fsq.codebook())
+    segment_codes = None
+    if model.codes is not None:  # trained through the wire's codes: they ship too
+        books = model.codes.codebooks.detach().numpy().astype(np.float32)
+        np.save(staging / SEGMENT_CODES_FILE, books)
+        segment_codes = SegmentCodesSection(
+            file=SEGMENT_CODES_FILE,
+            sha256=sha256_file(staging / SEGMENT_CODES_FILE),
+            stages=int(books.shape[0]),
+            size=int(books.shape[1]),
+        )
     if sample_wav is not None:
         shutil.copy(sample_wav, staging / "sample.wav")
     runs = {"tokenizer": semantic_run, "entropy_lm": lm_run, "decoder": decoder_run}
@@ -252,6 +265,7 @@ def make_bundle_v2(
             vocabulary_file=VOCABULARY_FILE,
             vocabulary_sha256=sha256_file(staging / VOCABULARY_FILE),
         ),
+        segment_codes=segment_codes,
         eval_results=eval_results,
     )
 
@@ -298,6 +312,7 @@ def _finish(
     facts: dict[str, Any],
     diffs: dict[str, float],
     text: TextSection | None = None,
+    segment_codes: SegmentCodesSection | None = None,
     eval_results: dict[str, Any] | None = None,
 ) -> Bundle:
     """Write the manifest of the files in ``staging`` (the codebook, ``models``), move it
@@ -323,6 +338,7 @@ def _finish(
         ),
         models=models,
         text=text,
+        segment_codes=segment_codes,
         training={
             "corpus": {
                 "name": corpus_dir.name,
