@@ -167,26 +167,6 @@ def command(
         loaded = load_bundle(bundle)
         decoder = None if ray_settings else server_decoder(loaded, _lean(loaded), beam=beam)
         heap.trim()  # what loading the models freed
-        import os as _os, threading as _th, time as _t  # EXPERIMENT
-        if _os.environ.get("EXP_TRACE"):
-            import tracemalloc as _tm, sys as _sys
-            _tm.start(8)
-            def _dump():
-                while True:
-                    _t.sleep(8)
-                    snap = _tm.take_snapshot()
-                    tot = sum(st.size for st in snap.statistics("filename"))
-                    srv = _EXP.get("server")
-                    extra = f" ledger {srv.held_bytes>>20} peak {srv.peak_held_bytes>>20} sessions {len(srv._sessions)} tasks {len(srv._tasks)} waiting {sum(len(q) for q in srv._scheduler._waiting.values())}" if srv else ""
-                    print(f"TRACE total {tot>>20} MiB" + extra, file=_sys.stderr, flush=True)
-                    for st in snap.statistics("traceback")[:6]:
-                        print(f"TRACE {st.size>>20} MiB n={st.count} " + " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in list(st.traceback)[::-1][:5]), file=_sys.stderr, flush=True)
-            _th.Thread(target=_dump, daemon=True).start()
-        if _os.environ.get("EXP_TRIM"):
-            def _loop():
-                while True:
-                    _t.sleep(float(_os.environ["EXP_TRIM"])); import gc as _gc; _gc.collect(); heap.trim()
-            _th.Thread(target=_loop, daemon=True).start()
         identity = wire_identity(loaded)
         codes = SegmentCodes.of_bundle(loaded)  # protocol 2 clients send these
         limits = Limits(
@@ -225,7 +205,6 @@ def command(
                 loop.add_signal_handler(signum, stop.set)
         options = {"token": token, "host": host, "port": port, "limits": limits, "ssl": context}
         async with serve(decoder, identity, codes=codes, **options) as server:
-            _EXP["server"] = server
             scheme = "wss" if context else "ws"
             coded = f", segment codes {codes.sha256[:12]}" if codes is not None else ""
             click.echo(
@@ -269,9 +248,6 @@ def _ray_settings(
         )
     except ValueError as exc:
         raise click.BadParameter(f"{replicas!r}: {exc}", param_hint="--replicas") from None
-
-
-_EXP: dict = {}
 
 
 def _lean(bundle: Bundle) -> SessionOptions | None:
