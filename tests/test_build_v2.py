@@ -145,7 +145,11 @@ def test_int8_build(build: Build, v2_bundle: Path, backend: str) -> None:
     for role in DEVICE:
         entry = built.models[role]
         assert entry.backend == backend and entry.source_sha256 == source.models[role].sha256
-        assert entry.external_file is None  # compiled into self-contained files
+        # ONNX Runtime: one self-contained file; OpenVINO: the IR's .bin, hashed
+        weights = f"{role}.bin" if backend == "openvino" else None
+        assert entry.external_file == weights and entry.external_source is None
+        if weights is not None:
+            assert entry.external_sha256 == sha256_file(out / weights)
     for role in SERVER:
         assert built.models[role] == source.models[role]
         external = source.models[role].external_file
