@@ -190,6 +190,14 @@ class _Utterance:
     """Segments in the last decode."""
     task: asyncio.Task[None] | None = None
 
+    def stop(self) -> None:
+        """Cancel the decode task and forget it: the cancelled task's frames refer to this
+        utterance, so keeping the task here would make a cycle that holds the vectors
+        (those its frames passed on included) until the cycle collector runs."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
 
 #: Addresses whose wrong tokens the server remembers (the oldest are forgotten first).
 _ADDRESSES_KEPT = 4096
@@ -249,8 +257,14 @@ class _Session:
         self.connection = None
         self.detached_at = time.monotonic()
         for utterance in self.open.values():
-            if not utterance.ended and utterance.task is not None:
-                utterance.task.cancel()
+            if not utterance.ended:
+                utterance.stop()
+
+    def release(self) -> None:
+        """The session is dropped: stop its decodes and let go of its utterances."""
+        for utterance in self.open.values():
+            utterance.stop()
+        self.open.clear()
 
     def cost(self, frame: Frame) -> int:
         """Bytes applying ``frame`` would add (0 for a duplicate)."""
@@ -591,9 +605,7 @@ class Server:
     def _drop(self, sid: str) -> None:
         session = self._sessions.pop(sid)
         session.account.close()
-        for utterance in session.open.values():
-            if utterance.task is not None:
-                utterance.task.cancel()
+        session.release()
 
     def _evict_detached(self) -> bool:
         """Drop the disconnected session attached longest ago; False if there is none."""

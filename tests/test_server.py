@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -593,6 +595,52 @@ def test_disconnected_sessions_make_room_for_live_ones(
             assert not await resumed(server.port, "orphan-0", keys[0])  # the oldest is not
 
     run(main)
+
+
+def test_a_dropped_session_frees_its_vectors_without_the_cycle_collector(
+    stage: DecoderStage, identity: Identity
+) -> None:
+    """A client leaves while its partial is being decoded; once its session is dropped,
+    every array the server decoded is freed by reference counting alone (cancelled
+    decode tasks hold no cycle through their utterance; a cycle would keep them until
+    the cycle collector runs, which a server filling with frames seldom triggers)."""
+    started, go = threading.Event(), threading.Event()
+    decoded: list[weakref.ref[np.ndarray]] = []
+
+    def held(vectors: np.ndarray) -> str:
+        decoded.append(weakref.ref(vectors))
+        started.set()
+        go.wait(10)
+        return stage(vectors)
+
+    async def main() -> None:
+        limits = replace(BUDGET, session_ttl_s=0.05)
+        async with serve(held, identity, token=TOKEN, limits=limits) as server:
+            async with connect(url(server.port), additional_headers=AUTH) as ws:
+                await ws.send(hello(identity, session="leaves").to_json())
+                assert isinstance(parse_message(await ws.recv()), Ready)
+                await ws.send(encode_frame(0, 0, *utterance(0, 1, per_frame=8)[0]))
+                assert parse_message(await ws.recv()) == Ack(seq=0)
+                assert await asyncio.to_thread(started.wait, 10)
+            await asyncio.sleep(0.1)  # detached, its decode cancelled; past its ttl
+            go.set()
+            while server._scheduler.busy:
+                await asyncio.sleep(0.01)
+            async with connect(url(server.port), additional_headers=AUTH) as ws:
+                await ws.send(hello(identity, session="next").to_json())  # drops "leaves"
+                assert isinstance(parse_message(await ws.recv()), Ready)
+            await asyncio.sleep(0.05)
+            assert server.held_bytes == 4096  # "next" only
+            assert decoded and all(ref() is None for ref in decoded)
+
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        run(main)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # Fair decoding: sessions take turns on the decode threads.
