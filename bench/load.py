@@ -340,6 +340,7 @@ def _echo(run: RunResult) -> None:
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-wait-ms", default=20.0, show_default=True)
 @click.option("--kill-replicas", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--address", default=None, help="Ray cluster for --ray (default: a local one).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def main(
     bundle: Path | None,
@@ -354,6 +355,7 @@ def main(
     max_batch: int,
     batch_wait_ms: float,
     kill_replicas: int,
+    address: str | None,
     as_json: bool,
 ) -> None:
     """Load-test edgetok serve with N simulated devices; exit 1 if an utterance is lost
@@ -372,6 +374,7 @@ def main(
         str(max_batch),
         "--batch-wait-ms",
         str(batch_wait_ms),
+        *(["--address", address] if address else []),
     ]
     report: dict[str, Any] = {
         "command": " ".join(["python -m edgetok.bench.load", *sys.argv[1:]]),
