@@ -281,6 +281,8 @@ def build(
     shutil.copy(source.codebook_path, out_dir / source.tokens.codebook_file)
     if source.text is not None:
         shutil.copy(source.vocabulary_path, out_dir / source.text.vocabulary_file)
+    if source.segment_codes is not None:  # the wire's codebooks, which the manifest keeps
+        shutil.copy(source.segment_codes_path, out_dir / source.segment_codes.file)
     for name in _COPIED:
         if (source.manifest_path.parent / name).is_file():
             shutil.copy(source.manifest_path.parent / name, out_dir / name)
