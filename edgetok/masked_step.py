@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetok.bundle import Bundle
 from edgetok.runtime import Session, SessionOptions, open_session
 from edgetok.whisper_decoding import CROSS_MASK
 
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto
+
 __all__ = ["open_masked_step", "with_cross_mask"]
 
 
-def _depends_on(graph: object, output: str, source: str) -> bool:
+def _depends_on(graph: GraphProto, output: str, source: str) -> bool:
     """Whether tensor ``output`` of ``graph`` is computed from graph input ``source``
     other than through a layer norm (so through the residual stream of earlier layers)."""
     producer = {out: node for node in graph.node for out in node.output}
@@ -38,7 +42,7 @@ def _depends_on(graph: object, output: str, source: str) -> bool:
     return False
 
 
-def with_cross_mask(model: object) -> object:
+def with_cross_mask(model: ModelProto) -> ModelProto:
     """``model`` (an ``onnx.ModelProto`` of a step graph, weights loaded) with the
     ``cross_mask`` input added before each cross-attention softmax; raises ValueError
     if it has no ``cross_keys`` input or no softmax over them."""

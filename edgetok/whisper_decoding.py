@@ -119,8 +119,8 @@ class _Lockstep:
         """The self-attention caches of the last step's rows."""
 
     def _cross_feeds(self, owners: tuple[int, ...]) -> dict[str, np.ndarray]:
-        """Cross-attention inputs for rows owned by utterances ``owners`` (kept while the
-        owners stay the same, which is most steps)."""
+        """Cross-attention inputs for rows owned by utterances ``owners``, gathered again
+        only when the owners change (when an utterance's search ends)."""
         if owners != self._rows_of:
             index = np.array(owners)
             self._cross = {
