@@ -7,6 +7,11 @@ the clients. No client runs more than ``per_client`` jobs at once. A client with
 long jobs thus never holds more than ``per_client`` workers, and another client's job
 waits at most for the jobs already running and one job of each client ahead of it in
 turn, whatever their queues hold.
+
+With a ``capacity``, each job also has a ``weight`` (a decode: its segments, which its
+working memory grows with) and jobs run together only while their weights add up to at
+most the capacity; a heavier job runs alone. The job whose turn it is waits for running
+ones to end rather than be overtaken, so none waits for ever.
 """
 
 from __future__ import annotations
@@ -28,15 +33,26 @@ class _Job:
     future: asyncio.Future[Any]
     fn: Callable[..., Any]
     args: tuple[Any, ...]
+    weight: int = 0
 
 
 class FairScheduler:
-    """``threads`` workers shared round-robin by clients, ``per_client`` each at most."""
+    """``threads`` workers shared round-robin by clients, ``per_client`` each at most,
+    running jobs whose weights add up to ``capacity`` at most (None: no bound)."""
 
-    def __init__(self, threads: int, per_client: int = 1, *, name: str = "worker") -> None:
-        if threads < 1 or per_client < 1:
-            raise ValueError("threads and per_client must be >= 1")
-        self.threads, self.per_client = threads, per_client
+    def __init__(
+        self,
+        threads: int,
+        per_client: int = 1,
+        *,
+        capacity: int | None = None,
+        name: str = "worker",
+    ) -> None:
+        if threads < 1 or per_client < 1 or (capacity is not None and capacity < 1):
+            raise ValueError("threads, per_client and capacity must be >= 1")
+        self.threads, self.per_client, self.capacity = threads, per_client, capacity
+        self.load = 0
+        """The weights of the jobs running."""
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._free = threads
         self._waiting: dict[Hashable, deque[_Job]] = {}
@@ -51,11 +67,12 @@ class FairScheduler:
         """Workers running a job."""
         return self.threads - self._free
 
-    async def run(self, client: Hashable, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` on a worker, in ``client``'s turn. Cancelling the caller drops a
-        job still waiting; a running one finishes on its thread, its result dropped."""
+    async def run(self, client: Hashable, fn: Callable[..., _T], *args: Any, weight: int = 0) -> _T:
+        """``fn(*args)`` on a worker, in ``client``'s turn (and, with a capacity, when
+        ``weight`` fits). Cancelling the caller drops a job still waiting; a running one
+        finishes on its thread, its result dropped."""
         future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        job = _Job(future, fn, args)
+        job = _Job(future, fn, args, weight)
         queue = self._waiting.setdefault(client, deque())
         queue.append(job)
         self._dispatch()
@@ -83,10 +100,9 @@ class FairScheduler:
             client, started = job
             self._free -= 1
             self._running[client] = self._running.get(client, 0) + 1
+            self.load += started.weight
             work = asyncio.get_running_loop().run_in_executor(self._pool, started.fn, *started.args)
-            work.add_done_callback(
-                lambda done, c=client, f=started.future: self._finished(c, f, done)
-            )
+            work.add_done_callback(lambda done, c=client, j=started: self._finished(c, j, done))
 
     def _next(self) -> tuple[Hashable, _Job] | None:
         """The first live job of the least recently served client below ``per_client``."""
@@ -104,6 +120,8 @@ class FairScheduler:
         if turn is None:
             return None
         queue = self._waiting[turn]
+        if self.capacity is not None and self.load and self.load + queue[0].weight > self.capacity:
+            return None  # it waits for running jobs to end; no later job overtakes it
         job = queue.popleft()
         if not queue:
             del self._waiting[turn]
@@ -117,12 +135,12 @@ class FairScheduler:
             self._running.pop(client, None)
             self._served.pop(client, None)
 
-    def _finished(
-        self, client: Hashable, future: asyncio.Future[Any], done: asyncio.Future[Any]
-    ) -> None:
+    def _finished(self, client: Hashable, job: _Job, done: asyncio.Future[Any]) -> None:
         self._free += 1
         self._running[client] -= 1
+        self.load -= job.weight
         self._forget(client)
+        future = job.future
         if not future.done():
             if done.cancelled():
                 future.cancel()

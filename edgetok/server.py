@@ -12,8 +12,9 @@ Every byte a session holds is counted (``edgetok.ledger``) against a per-session
 server-wide budget: a frame that does not fit waits while decodes under way will free
 bytes, evicts disconnected sessions, and is otherwise refused (``over_budget``).
 Decoding runs on ``Limits.decode_threads`` worker threads shared round-robin by the
-sessions (``edgetok.scheduler``), one decode at a time per utterance: a ``partial``
-after each decode, a ``final`` at end of utterance.
+sessions (``edgetok.scheduler``), with at most ``Limits.decode_segments`` segments
+being decoded at once (a decode's memory grows with them), one decode at a time per
+utterance: a ``partial`` after each decode, a ``final`` at end of utterance.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ class Limits:
     decode_threads: int = 2
     session_decodes: int = 1
     """Decodes one session may run at once; the sessions take turns on the threads."""
+    decode_segments: int = 2400
+    """Segments being decoded at once, all decodes together (a decode's working memory
+    grows with its segments); a longer utterance is decoded alone. ``serve`` sets 1.5 x
+    the bundle's longest utterance: two of the longest never run together."""
     hello_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
     """A connection that sends no frame for this long, with no text owed to it, is closed."""
@@ -412,7 +417,10 @@ class Server:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._ledger = Ledger()
         self._scheduler = FairScheduler(
-            limits.decode_threads, limits.session_decodes, name="edgetok-decode"
+            limits.decode_threads,
+            limits.session_decodes,
+            capacity=limits.decode_segments,
+            name="edgetok-decode",
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -726,7 +734,7 @@ class Server:
         """``vectors`` decoded on a worker thread in ``session``'s turn."""
         if vectors is None:
             return ""
-        return await self._scheduler.run(session, self.decode, vectors)
+        return await self._scheduler.run(session, self.decode, vectors, weight=len(vectors))
 
     async def shutdown(self) -> None:
         """Cancel running decodes (their threads finish on their own)."""

@@ -125,3 +125,40 @@ def test_a_cancelled_job_never_runs_and_errors_reach_the_caller() -> None:
             scheduler.close()
 
     asyncio.run(main())
+
+
+def test_weights_run_together_only_within_the_capacity() -> None:
+    """Three threads, capacity 10: a heavy job (8) runs with a light one (2) but not with
+    another heavy one, which waits for it and is not overtaken by a later light job; a
+    job heavier than the capacity runs alone."""
+    gates = Gates()
+
+    async def main() -> None:
+        scheduler = FairScheduler(3, capacity=10)
+        try:
+            heavy = asyncio.create_task(scheduler.run("a", gates.job, "heavy", weight=8))
+            light = asyncio.create_task(scheduler.run("b", gates.job, "light", weight=2))
+            await until(lambda: gates.started == ["heavy", "light"])
+            assert scheduler.load == 10
+            second = asyncio.create_task(scheduler.run("c", gates.job, "second", weight=8))
+            later = asyncio.create_task(scheduler.run("d", gates.job, "later", weight=1))
+            await asyncio.sleep(0.05)
+            assert gates.started == ["heavy", "light"] and scheduler.busy == 2
+            gates.release("light")
+            assert await light == "light"
+            await asyncio.sleep(0.05)
+            assert gates.started == ["heavy", "light"]  # "second" waits; "later" behind it
+            gates.release("heavy")
+            await until(lambda: gates.started == ["heavy", "light", "second", "later"])
+            assert scheduler.load == 9
+            gates.release_all()
+            assert await asyncio.gather(heavy, second, later) == ["heavy", "second", "later"]
+            assert scheduler.load == 0
+            assert await scheduler.run("a", gates.job, "huge", weight=50) == "huge"
+        finally:
+            gates.release_all()
+            scheduler.close()
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        FairScheduler(1, capacity=0)

@@ -169,19 +169,25 @@ def command(
         heap.trim()  # what loading the models freed
         identity = wire_identity(loaded)
         codes = SegmentCodes.of_bundle(loaded)  # protocol 2 clients send these
+        longest = max_utterance_segments(loaded)
         limits = Limits(
             max_connections=max_connections,
             max_unauthenticated=max_unauthenticated,
             max_frame_bytes=max_frame_bytes,
-            max_segments_per_utterance=max_utterance_segments(loaded),
+            max_segments_per_utterance=longest,
             max_session_bytes=round(session_budget_mib * (1 << 20)),
             max_server_bytes=round(server_budget_mib * (1 << 20)),
             max_sessions=max(256, max_connections),
             idle_timeout_s=idle_timeout,
             idle_yield_s=idle_yield,
             # With --ray a decode thread only waits for the deployment: one per connection
-            # lets every device's request join a batch.
-            **({"decode_threads": max_connections} if ray_settings else {}),
+            # lets every device's request join a batch. Here two of the longest utterances
+            # are not decoded at once (each holds ~90 MiB while it is, shipped bundle).
+            **(
+                {"decode_threads": max_connections, "decode_segments": max_connections * longest}
+                if ray_settings
+                else {"decode_segments": longest * 3 // 2}
+            ),
         )
         limits.check_dim(identity.dim)
     except (BundleError, ValueError) as exc:
