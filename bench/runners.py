@@ -157,6 +157,7 @@ class PipelineRunner(Participant):
         beam: int = DEFAULT_BEAM,
     ) -> None:
         from edgetok.protocol import wire_identity
+        from edgetok.segment_codes import SegmentCodes
         from edgetok.server import start_server
         from edgetok.sinks import wire_format
         from edgetok.stages import server_decoder
@@ -180,10 +181,9 @@ class PipelineRunner(Participant):
                 self.decodes.append(self.clock() - started)
 
         token = secrets.token_urlsafe(16)
-        wire = wire_format(self.bundle)  # the bundle's default: its segment codes if any
-        self.server = start_server(
-            decode, wire_identity(self.bundle), token=token, codes=wire["codes"]
-        )
+        wire = wire_format(self.bundle)  # fp16, the default
+        codes = SegmentCodes.of_bundle(self.bundle)
+        self.server = start_server(decode, wire_identity(self.bundle), token=token, codes=codes)
         try:
             url = f"ws://127.0.0.1:{self.server.port}/"
             self.sink = _BenchSink(url, token, wire_identity(self.bundle), self.clock, **wire)

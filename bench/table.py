@@ -123,6 +123,7 @@ def format_report(report: dict[str, Any]) -> str:
             "tokens/s",
             "segments/s",
             "bytes/s",
+            "codes B/s",
         ]
         rows = []
         speedups = report.get("ratios", {}).get("pocketsphinx_over_end_to_end", {})
@@ -149,6 +150,7 @@ def format_report(report: dict[str, Any]) -> str:
                     _num(c["rates"]["tokens_per_s"]),
                     _num(c["rates"]["segments_per_s"]),
                     _num(c["rates"]["bytes_per_s"]["segments"], 0),
+                    _num(c["rates"]["bytes_per_s"].get("codes"), 0),
                 ]
             )
         sphinx = report.get("baselines", {}).get("pocketsphinx")
@@ -160,7 +162,7 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{sphinx['rtf']['p50']:.4f}",
                     "1.0x",
                 ]
-                + ["-"] * 9
+                + ["-"] * 10
             )
         lines += _grid(header, rows)
         legend = (
@@ -170,7 +172,8 @@ def format_report(report: dict[str, Any]) -> str:
             "sphinx: pocketsphinx RTF / e2e RTF (both end to end); cold start: process spawn "
             "-> first token (Numba cache warm / empty); peak RSS: that device process; "
             "models: device models + codebook on disk; bytes/s: wire frames per second of "
-            "speech."
+            "speech (fp16); codes B/s: the same segments as the bundle's segment codes "
+            "(--wire codes, protocol 2)."
         )
         lines += textwrap.wrap(legend, 100)
         lines += _flops_lines(configs)

@@ -27,6 +27,7 @@ import numpy as np
 from edgetok.audio import SAMPLE_RATE, AudioSource
 from edgetok.frontend import LogMelStream, log_mel
 from edgetok.protocol import MAX_UTTERANCE_S
+from edgetok.segment_codes import SegmentCodes
 from edgetok.sinks import Sink, frames_bytes, wire_bytes
 from edgetok.stages import Transcriber
 from edgetok.vad import CHUNK, SileroModel, VadConfig, VadEvent, VoiceDetector
@@ -49,6 +50,9 @@ class Traffic:
     """The same frames with one vector per token (dense 50 Hz tokens)."""
     pcm: int
     """Its audio as 16-bit PCM."""
+    codes: int | None = None
+    """The frames of its segments as the bundle's segment codes (protocol 2), where it
+    has them."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ class Pipeline:
     ) -> None:
         self.transcriber = transcriber
         self.sink = sink
+        self._codes = SegmentCodes.of_bundle(transcriber.bundle)
         self.sample_rate = transcriber.sample_rate
         self.vad, self._vad_model = _capped(vad or VadConfig()), vad_model
         self.keep_tokens = keep_tokens
@@ -395,6 +400,11 @@ class Pipeline:
             # Dense: every token's vector, in the float form (codes are per segment).
             dense=frames_bytes(len(tokens), dim, "fp16" if dtype == "codes" else dtype),
             pcm=samples * PCM_BYTES,
+            codes=(
+                None
+                if self._codes is None
+                else wire_bytes(starts, lengths, vectors, "codes", self._codes)
+            ),
         )
         return Utterance(
             index=index,

@@ -80,10 +80,11 @@ def wire_bytes(
 
 
 def wire_format(bundle: Bundle, wire: str | None = None) -> dict[str, Any]:
-    """A sink's ``dtype`` and ``codes`` for ``wire`` (fp16, int8 or codes; None: codes
-    when the bundle has segment codes, else fp16)."""
-    codes = SegmentCodes.of_bundle(bundle)
-    wire = wire or ("codes" if codes is not None else "fp16")
+    """A sink's ``dtype`` and ``codes`` for ``wire`` (fp16, int8 or codes; None: fp16,
+    which every server decodes at the float path's WER; codes cost far fewer bytes and
+    more WER, docs/architecture.md "Wire v2")."""
+    codes = SegmentCodes.of_bundle(bundle) if wire == "codes" else None
+    wire = wire or "fp16"
     if wire not in HELLO_DTYPES:
         raise ValueError(f"wire format {wire!r} is not one of {', '.join(HELLO_DTYPES)}")
     if wire == "codes" and codes is None:

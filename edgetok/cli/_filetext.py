@@ -42,7 +42,8 @@ class FileText:
         if self.remote:
             entry["latency_s"] = u.latency_s
             for key, value in vars(u.traffic).items():
-                self.bytes[key] = self.bytes.get(key, 0) + value
+                if value is not None:  # codes: only with a bundle that has them
+                    self.bytes[key] = self.bytes.get(key, 0) + value
         self.utterances.append(entry)
         if self.dump_tokens and u.arrays is not None:
             self.starts += (u.arrays.starts + self.tokens).tolist()

@@ -30,9 +30,9 @@ def server_options(f: F) -> F:
         "--wire",
         type=click.Choice(["codes", "fp16", "int8"]),
         default=None,
-        help="How segments travel to --server (and into --jsonl): the bundle's segment "
-        "codes, a few bytes each (protocol 2; the default when the bundle has them), or "
-        "float vectors (protocol 1, any server).",
+        help="How segments travel to --server (and into --jsonl): fp16 vectors (the "
+        "default; protocol 1, any server), int8, or the bundle's segment codes (protocol "
+        "2: about 85 B/s instead of 12 kB/s, at a WER cost: docs/architecture.md).",
     )(f)
     f = click.option(
         "--local",
@@ -163,7 +163,8 @@ def utterance_line(u: Utterance) -> str:
 
 
 def traffic_rows(utterances: Iterable[Utterance]) -> list[tuple[str, int, float]]:
-    """(what, bytes, bytes per second of speech) for segments, dense tokens and PCM."""
+    """(what, bytes, bytes per second of speech) for segments as sent, dense tokens, PCM
+    and, where the bundle has them, segment codes."""
     items = list(utterances)
     seconds = sum(u.duration_s for u in items)
     rows = []
@@ -171,7 +172,11 @@ def traffic_rows(utterances: Iterable[Utterance]) -> list[tuple[str, int, float]
         ("compressed segments", "segments"),
         ("dense tokens", "dense"),
         ("raw PCM (16-bit)", "pcm"),
+        ("segment codes (--wire codes)", "codes"),
     ):
-        total = sum(getattr(u.traffic, attr) for u in items)
+        counts = [getattr(u.traffic, attr) for u in items]
+        if items and None in counts:  # a bundle without segment codes
+            continue
+        total = sum(counts)
         rows.append((name, total, total / seconds if seconds else 0.0))
     return rows

@@ -56,6 +56,7 @@ def command(
     from edgetok.client import RemoteError
     from edgetok.pipeline import Pipeline
     from edgetok.protocol import wire_identity
+    from edgetok.segment_codes import SegmentCodes
     from edgetok.server import start_server
     from edgetok.sinks import RemoteSink, wire_format
     from edgetok.stages import server_decoder
@@ -74,8 +75,9 @@ def command(
     token = secrets.token_urlsafe(16)
     decoder = server_decoder(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
-    wire = wire_format(bundle)  # the segment codes when the bundle has them
-    with start_server(decoder, wire_identity(bundle), token=token, codes=wire["codes"]) as server:
+    wire = wire_format(bundle)  # fp16; the traffic table shows the segment codes' bytes too
+    codes = SegmentCodes.of_bundle(bundle)
+    with start_server(decoder, wire_identity(bundle), token=token, codes=codes) as server:
         url = f"ws://127.0.0.1:{server.port}/"
         sink = RemoteSink(url, token, wire_identity(bundle), **wire)
         say(
