@@ -370,11 +370,6 @@ def _read_varint(data: bytes, offset: int, name: str) -> tuple[int, int]:
     raise ProtocolError("bad_frame", f"{name}: a varint longer than 5 bytes")
 
 
-def codes_frame_bytes(count: int, length_bits: int, codes: SegmentCodes, head: int) -> int:
-    """Size of a codes frame of ``count`` segments whose varints take ``head`` bytes."""
-    return 2 + head + (count * (length_bits + codes.bits) + 7) // 8
-
-
 def _encode_codes_frame(
     seq: int,
     utterance: int,
