@@ -135,19 +135,15 @@ def _token_bits(cutter: _Cutter, rows: list[Any], out_dir: Path) -> dict[str, fl
     path = out_dir / f"tokbits-test-{len(rows)}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    lm = cutter.transcriber.entropy.session
+    from edgetok.wire_eval import token_bits
+
     bits = tokens = 0.0
     audio_s = 0.0
     for utt in rows:
         audio = load_audio(utt.path, cutter.transcriber.sample_rate)
         ids, _ = cutter.transcriber.tokenizer.encode(audio)
         audio_s += len(audio) / cutter.transcriber.sample_rate
-        if len(ids) == 0:
-            continue
-        logits = lm.run({"tokens": ids[None].astype(np.int64)})["logits"][0].astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        bits += float(-logp[np.arange(len(ids)), ids].sum() / np.log(2))
+        bits += token_bits(cutter.transcriber, ids)
         tokens += len(ids)
     vocab = cutter.bundle.tokens.vocab_size
     out = {

@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_wire",
     "format_wire",
     "plot_wire",
+    "token_bits",
     "ws_message_bytes",
 ]
 
@@ -158,7 +159,7 @@ def _varint_bytes(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
-def _token_bits(transcriber: Transcriber, tokens: np.ndarray) -> float:
+def token_bits(transcriber: Transcriber, tokens: np.ndarray) -> float:
     """Bits of ``tokens`` under the entropy LM's own probabilities: its logits at t are
     p(token t | tokens before t), BOS prepended inside the model."""
     if len(tokens) == 0:
@@ -267,7 +268,7 @@ def evaluate_wire(
         seq += len(floats)
         # The token stream: a codes frame's header (tag, flags, seq, utterance, count),
         # then the arithmetic code.
-        coded = int(np.ceil(_token_bits(transcriber, encoded.tokens) / 8)) + 2
+        coded = int(np.ceil(token_bits(transcriber, encoded.tokens) / 8)) + 2
         header = 2 + _varint_bytes(seq) + _varint_bytes(index) + _varint_bytes(len(starts))
         rows["entropy-coded tokens"].add(ws_message_bytes(header + coded))
         pcm = ws_message_bytes(len(audio) * PCM_BYTES)
