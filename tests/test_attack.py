@@ -6,6 +6,7 @@ on counts, bytes and outcomes, never on speed (the full-size figures come from
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,17 @@ def test_the_server_decoder_loads_without_the_segmenter() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_decode_memory_bench_compares_settings_on_the_same_texts() -> None:
+    """``python -m edgetok.bench.decode_memory`` at reduced size: the shipped decoder in a
+    child per setting; the settings change memory, never the text (no speed asserted)."""
+    command = [sys.executable, "-m", "edgetok.bench.decode_memory", "--rounds", "1"]
+    command += ["--repeats", "1", "--long-s", "4", "--json"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [row["setting"] for row in report["rows"]] == ["stock", "serve"]
+    assert all(row["same_text"] for row in report["rows"])
+    assert all(0 < row["rss_loaded_mib"] <= row["rss_peak_mib"] for row in report["rows"])
+    assert report["rows"][0]["time_ratio"] == 1.0 and report["rows"][1]["time_ratio"] > 0
