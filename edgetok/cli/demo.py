@@ -149,7 +149,7 @@ def _print(report: dict[str, Any]) -> None:
     )
     click.echo("bytes for the speech:")
     for name, row in report["bytes"].items():
-        click.echo(f"  {name:<20} {row['bytes']:>10,} B  {row['bytes_per_s'] / 1e3:8.2f} kB/s")
+        click.echo(f"  {name:<28} {row['bytes']:>10,} B  {row['bytes_per_s']:>10,.0f} B/s")
     client = report["client"]
     click.echo(
         f"  sent: {client['frames']} frames, {client['payload_bytes']:,} B "
