@@ -674,7 +674,10 @@ class Bundle:
         try:
             data = pretrained_bytes(str(entry.external_source))
         except (PretrainedError, KeyError, ValueError) as exc:
-            raise BundleError(f"{where} external_source: {exc}") from None
+            raise BundleError(
+                f"{where}: its {entry.external_file} is not shipped but rebuilt on first use "
+                f"from {entry.external_source}: {exc}"
+            ) from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != entry.external_sha256:
             raise BundleError(

