@@ -14,7 +14,8 @@ resent, reconnects and the server's peak RSS (the front plus Ray's replicas). Ut
 whose final never came are *lost*; finals beyond one per utterance (the server's count)
 *duplicated*; finals that differ from the clip's offline decode are counted as
 *mismatched*. ``--kill-replicas K`` SIGKILLs a decoder replica K times during each Ray
-run. Everything is bounded: each device speaks ``--utterances`` clips, and a run gives
+run; ``--restart-front K`` stops the server and starts it again K times in each run (a
+device sends again what the old process lost, as ``RemoteSink`` does). Everything is bounded: each device speaks ``--utterances`` clips, and a run gives
 up waiting ``--drain-s`` after its last utterance. Run it under ``nice``.
 """
 
@@ -26,6 +27,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -116,6 +118,9 @@ class RunResult:
     resent_frames: int = 0
     reconnects: int = 0
     replica_kills: int = 0
+    front_restarts: int = 0
+    resent_utterances: int = 0
+    """Utterances sent again because a restarted front had lost them."""
     wall_s: float = 0.0
     audio_s: float = 0.0
     latency_s: dict[str, float] = field(default_factory=dict)
@@ -125,9 +130,41 @@ class RunResult:
     error_messages: list[str] = field(default_factory=list)
 
 
+class _Front:
+    """The server under test (``served``) on a port of its own, which the harness can
+    stop and start again: devices reconnect to the same address."""
+
+    def __init__(self, bundle: Path, token: str, options: list[str]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._args = (bundle, token, *options, "--port", str(port))  # the last --port wins
+        self.lines: list[str] = []
+        """The log of every server process so far, in order."""
+        self.finals = 0
+        """Finals sent by the server processes that have stopped."""
+        self.current: Served
+
+    async def start(self) -> None:
+        self._context = served(*self._args)
+        self.current = await self._context.__aenter__()
+
+    async def stop(self) -> None:
+        await self._context.__aexit__(None, None, None)
+        self.lines += self.current.lines
+        self.finals += _server_finals(self.current.lines) or 0
+
+    @property
+    def url(self) -> str:
+        return self.current.url
+
+    def rss_mib(self) -> float:
+        return self.current.rss_mib()
+
+
 async def _device(
     index: int,
-    served_: Served,
+    front: _Front,
     token: str,
     identity: Any,
     clips: list[Clip],
@@ -137,26 +174,41 @@ async def _device(
 ) -> None:
     """One device: ``plan.utterances`` clips, spoken at real time, open loop."""
     pending: list[asyncio.Task[None]] = []
-    async with Client(served_.url, token, identity, retry_for_s=plan.drain_s) as client:
+    uids = iter(range(1 << 30))
+    async with Client(front.url, token, identity, retry_for_s=plan.drain_s) as client:
         await asyncio.sleep(plan.offset(index))
 
+        async def send(clip: Clip) -> int:
+            uid = next(uids)
+            for i, frame in enumerate(clip.frames):
+                await client.send(uid, *frame, end=i == len(clip.frames) - 1)
+            return uid
+
         async def wait_final(uid: int, clip: Clip, ended: float) -> None:
-            try:
-                text = await asyncio.wait_for(client.result(uid), plan.drain_s)
-            except (RemoteError, asyncio.TimeoutError, ConnectionError) as exc:
-                result.errors += not isinstance(exc, asyncio.TimeoutError)
-                result.error_messages.append(f"device {index} utterance {uid}: {exc!r}"[:200])
+            while True:
+                try:
+                    text = await asyncio.wait_for(client.result(uid), plan.drain_s)
+                    break
+                except RemoteError as exc:
+                    if exc.code == "session_lost":  # a restarted front: send it again,
+                        result.resent_utterances += 1  # as edgetok's RemoteSink does
+                        uid = await send(clip)
+                        continue
+                    failure: BaseException = exc
+                except (asyncio.TimeoutError, ConnectionError) as exc:
+                    failure = exc
+                result.errors += not isinstance(failure, asyncio.TimeoutError)
+                result.error_messages.append(f"device {index} utterance {uid}: {failure!r}"[:200])
                 return
             latencies.append(time.monotonic() - ended)
             result.finals += 1
             result.audio_s += clip.duration_s
             result.mismatched += text != clip.text
 
-        for uid in range(plan.utterances):
-            clip = clips[(index + uid) % len(clips)]
+        for k in range(plan.utterances):
+            clip = clips[(index + k) % len(clips)]
             await asyncio.sleep(clip.duration_s)  # the person speaking
-            for i, frame in enumerate(clip.frames):
-                await client.send(uid, *frame, end=i == len(clip.frames) - 1)
+            uid = await send(clip)
             result.utterances += 1
             pending.append(asyncio.create_task(wait_final(uid, clip, time.monotonic())))
             await asyncio.sleep(plan.gap_s)
@@ -201,10 +253,10 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def _sample_rss(served_: Served, peak: list[float]) -> None:
+async def _sample_rss(front: _Front, peak: list[float]) -> None:
     """Keep ``peak[0]`` at the front's RSS plus every replica's, until cancelled."""
     while True:
-        total = served_.rss_mib() + sum(_rss_mib(pid) for pid in _replica_pids())
+        total = front.rss_mib() + sum(_rss_mib(pid) for pid in _replica_pids())
         peak[0] = max(peak[0], total)
         await asyncio.sleep(0.25)
 
@@ -220,29 +272,42 @@ async def _kill_replicas(times: int, every_s: float, result: RunResult) -> None:
         result.replica_kills += 1
 
 
+async def _restart_front(front: _Front, times: int, every_s: float, result: RunResult) -> None:
+    """Stop the front (SIGTERM) and start it again every ``every_s`` seconds."""
+    for _ in range(times):
+        await asyncio.sleep(every_s)
+        await front.stop()
+        await front.start()
+        result.front_restarts += 1
+
+
 async def run_load(
-    served_: Served,
+    front: _Front,
     token: str,
     identity: Any,
     clips: list[Clip],
     plan: _Plan,
     server: str,
     kills: int = 0,
+    restarts: int = 0,
 ) -> RunResult:
     """``plan.devices`` devices against the running server."""
     result = RunResult(server=server, devices=plan.devices)
     latencies: list[float] = []
     peak = [0.0]
-    sampler = asyncio.create_task(_sample_rss(served_, peak))
+    sampler = asyncio.create_task(_sample_rss(front, peak))
     speaking = plan.spread_s + plan.utterances * (
         sum(c.duration_s for c in clips) / len(clips) + plan.gap_s
     )
     killer = asyncio.create_task(
         _kill_replicas(kills, speaking / (kills + 1), result) if kills else asyncio.sleep(0)
     )
+    restarter = asyncio.create_task(
+        _restart_front(front, restarts, speaking / (restarts + 1), result)
+    )
     start = time.monotonic()
     devices = [
-        _device(i, served_, token, identity, clips, plan, result, latencies)
+        _device(i, front, token, identity, clips, plan, result, latencies)
         for i in range(plan.devices)
     ]
     outcomes = await asyncio.gather(*devices, return_exceptions=True)
@@ -253,6 +318,7 @@ async def run_load(
             result.error_messages.append(repr(outcome)[:200])
     killer.cancel()
     sampler.cancel()
+    await restarter  # done by now: restarts fall within the speaking time
     result.lost = result.utterances - result.finals
     if latencies:
         for q in (50, 95, 99):
@@ -290,6 +356,7 @@ async def _serve_and_load(
     server: str,
     options: list[str],
     kills: int,
+    restarts: int,
 ) -> tuple[list[RunResult], int | None, int]:
     """One server of ``server`` kind, each N of ``counts`` in turn; then its finals count
     and the decode requests it sent again."""
@@ -297,23 +364,27 @@ async def _serve_and_load(
     identity = wire_identity(load_bundle(bundle))
     results = []
     connections = str(max(counts) + 4)
-    async with served(bundle, token, "--max-connections", connections, *options) as running:
+    front = _Front(bundle, token, ["--max-connections", connections, *options])
+    await front.start()
+    try:
         for n in counts:
-            run = await run_load(
-                running, token, identity, clips, _Plan(devices=n, **plan), server, kills
-            )
+            plan_n = _Plan(devices=n, **plan)
+            run = await run_load(front, token, identity, clips, plan_n, server, kills, restarts)
             results.append(run)
             _echo(run)
-    for line in _failures(running.lines):
+    finally:
+        await front.stop()
+    for line in _failures(front.lines):
         click.echo(f"  server: {line}", err=True)
-    return results, _server_finals(running.lines), _requests_resent(running.lines)
+    return results, front.finals, _requests_resent(front.lines)
 
 
 def _echo(run: RunResult) -> None:
     click.echo(
         f"{run.server:6s} N={run.devices:3d}: {run.finals}/{run.utterances} finals "
         f"({run.lost} lost, {run.mismatched} mismatched, {run.errors} errors, "
-        f"{run.replica_kills} kills), {run.utterances_per_s} utt/s, "
+        f"{run.replica_kills} kills, {run.front_restarts} front restarts, "
+        f"{run.resent_utterances} utterances sent again), {run.utterances_per_s} utt/s, "
         f"{run.audio_s_per_s} audio s/s, latency {run.latency_s}, "
         f"peak RSS {run.peak_rss_mib} MiB, {run.resent_frames} frames resent",
         err=True,
@@ -341,6 +412,13 @@ def _echo(run: RunResult) -> None:
 @click.option("--batch-wait-ms", default=20.0, show_default=True)
 @click.option("--kill-replicas", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--address", default=None, help="Ray cluster for --ray (default: a local one).")
+@click.option(
+    "--restart-front",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Stop and start the server again this many times in each run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def main(
     bundle: Path | None,
@@ -356,6 +434,7 @@ def main(
     batch_wait_ms: float,
     kill_replicas: int,
     address: str | None,
+    restart_front: int,
     as_json: bool,
 ) -> None:
     """Load-test edgetok serve with N simulated devices; exit 1 if an utterance is lost
@@ -389,7 +468,7 @@ def main(
         options = ray_options if server == "ray" else []
         kills = kill_replicas if server == "ray" else 0
         runs, finals, resent = asyncio.run(
-            _serve_and_load(bundle, loaded, counts, plan, server, options, kills)
+            _serve_and_load(bundle, loaded, counts, plan, server, options, kills, restart_front)
         )
         report["runs"] += [asdict(run) for run in runs]
         report["server_finals"][server] = finals

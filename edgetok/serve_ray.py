@@ -123,7 +123,8 @@ def start(bundle: Path, beam: int, settings: RaySettings) -> RayDecoder:
     if "decoder_step" not in load_bundle(bundle).models:
         raise ValueError(f"{bundle}: --ray serves v2 bundles (Whisper decoder graphs) only")
     ray.init(
-        address=settings.address,
+        # "local": a Ray of our own even where `ray start` left one (ray.init would join it)
+        address=settings.address or "local",
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=False,

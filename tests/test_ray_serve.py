@@ -110,3 +110,25 @@ def test_load_and_replica_kills_lose_no_utterance() -> None:
         assert run["mismatched"] == 0 and run["errors"] == 0
         assert report["server_finals"][run["server"]] == 9  # none duplicated
         assert run["latency_s"]["p99"] > 0 and run["peak_rss_mib"] > 0
+
+
+def test_a_restarted_front_loses_no_utterance() -> None:
+    """The plain server (the --ray front's code) stopped and started twice under load:
+    devices reconnect, and what the old process had not finished they send again."""
+    from edgetok.bundle import BundleError, default_bundle_path, load_bundle
+
+    try:
+        load_bundle(default_bundle_path()).open("decoder_step")
+    except BundleError as exc:  # the embedding's wheel (server extra) is not installed
+        pytest.skip(str(exc))
+    command = [
+        *(sys.executable, "-m", "edgetok.bench.load", "--servers", "plain", "--devices", "3"),
+        *("--utterances", "4", "--clips", "3", "--gap", "0.5", "--spread", "1"),
+        *("--drain-s", "60", "--restart-front", "2", "--json"),
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["front_restarts"] == 2
+    assert run["utterances"] == run["finals"] == 12 and run["lost"] == run["errors"] == 0
+    assert run["mismatched"] == 0
