@@ -15,8 +15,9 @@ whose final never came are *lost*; finals beyond one per utterance (the server's
 *duplicated*; finals that differ from the clip's offline decode are counted as
 *mismatched*. ``--kill-replicas K`` SIGKILLs a decoder replica K times during each Ray
 run; ``--restart-front K`` stops the server and starts it again K times in each run (a
-device sends again what the old process lost, as ``RemoteSink`` does). Everything is bounded: each device speaks ``--utterances`` clips, and a run gives
-up waiting ``--drain-s`` after its last utterance. Run it under ``nice``.
+device sends again what the old process lost, as ``RemoteSink`` does). Everything is
+bounded: each device speaks ``--utterances`` clips, and a run gives up waiting
+``--drain-s`` after its last utterance. Run it under ``nice``.
 """
 
 from __future__ import annotations
