@@ -350,24 +350,37 @@ def _timed(timings: dict[str, float], stage: str, fn: Callable[..., _T], *args: 
     return result
 
 
+class RemoteOnly:
+    """The decoder of a pack whose segments are decoded by a server: it has none (a
+    device install need not hold, or rebuild, the server's decoder)."""
+
+    def __call__(self, vectors: np.ndarray) -> str:
+        raise RuntimeError("this pipeline sends its segments to a server: it has no decoder")
+
+
 @dataclass(frozen=True)
 class DecoderPack:
     """The segment half of the pipeline: compression rule, aggregator and decoder."""
 
     compression: Compression
     aggregator: AggregatorStage
-    decoder: SegmentDecoder
+    decoder: SegmentDecoder | RemoteOnly
 
     @classmethod
     def from_bundle(
-        cls, bundle: Bundle, options: SessionOptions | None = None, *, beam: int = DEFAULT_BEAM
+        cls,
+        bundle: Bundle,
+        options: SessionOptions | None = None,
+        *,
+        beam: int = DEFAULT_BEAM,
+        local: bool = True,
     ) -> DecoderPack:
         """The bundle's entropy segmenter settings with its aggregator and decoder
-        (beam width ``beam``)."""
+        (beam width ``beam``); ``local=False``: no decoder (a server decodes)."""
         return cls(
             bundle_compression(bundle),
             AggregatorStage(bundle.open("aggregator", options=options)),
-            server_decoder(bundle, options, beam=beam),
+            server_decoder(bundle, options, beam=beam) if local else RemoteOnly(),
         )
 
     @classmethod
@@ -480,7 +493,8 @@ class Transcriber:
 
     ``pack`` replaces the bundle's own aggregator, decoder and entropy rule (e.g. a
     baseline's ``DecoderPack.from_dir``); ``decode`` can also take a pack per call, so
-    several packs share one tokenization.
+    several packs share one tokenization. ``local=False``: a server decodes, the bundle's
+    decoder is not opened.
     """
 
     def __init__(
@@ -490,12 +504,13 @@ class Transcriber:
         options: SessionOptions | None = None,
         pack: DecoderPack | None = None,
         beam: int = DEFAULT_BEAM,
+        local: bool = True,
     ) -> None:
         self.bundle = bundle
         self.sample_rate = bundle.audio.sample_rate
         self.tokenizer = TokenizerStage.from_bundle(bundle, options)
         self.entropy = EntropyStage(bundle.open("entropy_lm", options=options))
-        self.pack = pack or DecoderPack.from_bundle(bundle, options, beam=beam)
+        self.pack = pack or DecoderPack.from_bundle(bundle, options, beam=beam, local=local)
         from edgetok.segment import warmup
 
         warmup()  # the segmenter's one-time Numba load, kept off the first utterance

@@ -68,3 +68,16 @@ def test_missing_server_extra_is_one_line(fresh_bundle: Path, command: list[str]
     assert "pip install 'edgetok[server]'" in lines[0]
     assert "decoder_embedding.f16 is not shipped but rebuilt on first use" in lines[0]
     assert not (fresh_bundle / "decoder_embedding.f16").exists()
+
+
+def test_a_device_sending_to_a_server_needs_no_decoder(fresh_bundle: Path) -> None:
+    """transcribe --server on a base install: the tokens, segments and frames are made
+    without the server's decoder; the only error is the unreachable server."""
+    sample = str(fresh_bundle / "sample.wav")
+    args = ["transcribe", "--bundle", str(fresh_bundle), "--server", "ws://127.0.0.1:9/"]
+    result = _run([*args, "--retry-for", "0.5", sample])
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "edgetok[server]" not in result.stderr
+    assert "cannot use the server at ws://127.0.0.1:9/" in result.stderr
+    assert not (fresh_bundle / "decoder_embedding.f16").exists()

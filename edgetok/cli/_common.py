@@ -5,8 +5,9 @@ Heavy modules (onnxruntime sessions, numba) are imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -143,15 +144,26 @@ def session_options(threads: int) -> SessionOptions:
     return SessionOptions(threads=threads)
 
 
-def open_transcriber(path: Path | None, threads: int, beam: int) -> Transcriber:
+def open_transcriber(
+    path: Path | None, threads: int, beam: int, *, local: bool = True
+) -> Transcriber:
     """A ``Transcriber`` over the bundle at ``path`` with its own decoder pack, decoding
-    with a beam of ``beam``."""
-    from edgetok.bundle import BundleError
+    with a beam of ``beam``; ``local=False``: segments go to a server, no decoder here."""
     from edgetok.stages import Transcriber
 
     bundle = open_bundle(path)
+    with bundle_errors(bundle):
+        return Transcriber(bundle, options=session_options(threads), beam=beam, local=local)
+
+
+@contextlib.contextmanager
+def bundle_errors(bundle: Bundle) -> Iterator[None]:
+    """A model of ``bundle`` that cannot be opened is a one-line click error naming the
+    manifest once."""
+    from edgetok.bundle import BundleError
+
     try:
-        return Transcriber(bundle, options=session_options(threads), beam=beam)
+        yield
     except (BundleError, ValueError, OSError) as exc:
         where = str(bundle.manifest_path)
         message = str(exc)

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgetok.cli._common import beam_option, bundle_option, open_transcriber, threads_option
+from edgetok.cli._common import (
+    beam_option,
+    bundle_errors,
+    bundle_option,
+    open_transcriber,
+    threads_option,
+)
 from edgetok.cli._live import traffic_rows, utterance_line, vad_config, vad_options
 
 if TYPE_CHECKING:
@@ -61,7 +67,7 @@ def command(
     from edgetok.sinks import RemoteSink, wire_format
     from edgetok.stages import server_decoder
 
-    transcriber = open_transcriber(bundle_path, threads, beam)
+    transcriber = open_transcriber(bundle_path, threads, beam, local=False)
     bundle = transcriber.bundle
     assert bundle.root is not None
     path = audio or bundle.root / "sample.wav"
@@ -73,7 +79,8 @@ def command(
         raise click.ClickException(str(exc)) from None
     vad = vad_config(vad_threshold, min_speech, hangover)
     token = secrets.token_urlsafe(16)
-    decoder = server_decoder(bundle, beam=beam)
+    with bundle_errors(bundle):
+        decoder = server_decoder(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
     wire = wire_format(bundle)  # fp16; the traffic table shows the segment codes' bytes too
     codes = SegmentCodes.of_bundle(bundle)

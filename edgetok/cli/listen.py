@@ -86,7 +86,8 @@ def command(
     if raw is not None and device is not None:
         raise click.UsageError("choose one of --device and --raw")
     vad = vad_config(vad_threshold, min_speech, hangover)
-    transcriber = open_transcriber(bundle_path, threads, beam)
+    local_decoder = server is None and jsonl is None
+    transcriber = open_transcriber(bundle_path, threads, beam, local=local_decoder)
     source: Any
     try:
         if raw is not None:

@@ -97,7 +97,7 @@ def command(
     if dump_tokens and not as_json:
         raise click.UsageError("--dump-tokens needs --json")
     vad = vad_config(vad_threshold, min_speech, hangover)
-    transcriber = open_transcriber(bundle_path, threads, beam)
+    transcriber = open_transcriber(bundle_path, threads, beam, local=server is None)
     try:
         vad_model = SileroModel()
     except (FileNotFoundError, ValueError) as exc:
