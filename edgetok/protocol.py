@@ -183,6 +183,41 @@ def _check_segments(starts: np.ndarray, lengths: np.ndarray) -> None:
         )
 
 
+def _frame_arrays(
+    seq: int,
+    utterance: int,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    vectors: np.ndarray,
+    end: bool,
+    dim: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What every frame encoder checks first: u32 ids, vectors [S, D] (D = ``dim`` when
+    given, else 1..MAX_DIM), as many starts and lengths as vectors, at most
+    ``MAX_SEGMENTS``, none only with END; the arrays as int64, int64, float32."""
+    for name, value in (("seq", seq), ("utterance", utterance)):
+        if not 0 <= value < _U32:
+            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if dim is not None:
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise ProtocolError("bad_frame", f"vectors must be [S, {dim}] for these codes")
+    elif vectors.ndim != 2 or not 0 < vectors.shape[1] <= MAX_DIM:
+        raise ProtocolError("bad_frame", f"vectors must be [S, D] with 0 < D <= {MAX_DIM}")
+    count = len(vectors)
+    if not len(starts) == len(lengths) == count:
+        raise ProtocolError(
+            "bad_frame", f"{len(starts)} starts, {len(lengths)} lengths, {count} vectors"
+        )
+    if count > MAX_SEGMENTS:
+        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
+    if count == 0 and not end:
+        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    return starts, lengths, vectors
+
+
 def encode_frame(
     seq: int,
     utterance: int,
@@ -207,23 +242,8 @@ def encode_frame(
         return _encode_codes_frame(seq, utterance, starts, lengths, vectors, codes, end)
     if dtype not in DTYPES:
         raise ProtocolError("bad_frame", f"dtype {dtype!r} is not one of {', '.join(HELLO_DTYPES)}")
-    for name, value in (("seq", seq), ("utterance", utterance)):
-        if not 0 <= value < _U32:
-            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
-    vectors = np.asarray(vectors, dtype=np.float32)
-    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    if vectors.ndim != 2 or not 0 < vectors.shape[1] <= MAX_DIM:
-        raise ProtocolError("bad_frame", f"vectors must be [S, D] with 0 < D <= {MAX_DIM}")
+    starts, lengths, vectors = _frame_arrays(seq, utterance, starts, lengths, vectors, end)
     count, dim = vectors.shape
-    if not len(starts) == len(lengths) == count:
-        raise ProtocolError(
-            "bad_frame", f"{len(starts)} starts, {len(lengths)} lengths, {count} vectors"
-        )
-    if count > MAX_SEGMENTS:
-        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
-    if count == 0 and not end:
-        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
     if np.any(starts < 0) or np.any(lengths > 0xFFFF):
         raise ProtocolError("bad_frame", "starts must be u32 and lengths u16")
     _check_segments(starts, lengths)
@@ -381,23 +401,10 @@ def _encode_codes_frame(
 ) -> bytes:
     from edgetok.segment_codes import bits_of, code_bits
 
-    for name, value in (("seq", seq), ("utterance", utterance)):
-        if not 0 <= value < _U32:
-            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
-    vectors = np.asarray(vectors, dtype=np.float32)
-    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    if vectors.ndim != 2 or vectors.shape[1] != codes.dim:
-        raise ProtocolError("bad_frame", f"vectors must be [S, {codes.dim}] for these codes")
+    starts, lengths, vectors = _frame_arrays(
+        seq, utterance, starts, lengths, vectors, end, dim=codes.dim
+    )
     count = len(vectors)
-    if not len(starts) == len(lengths) == count:
-        raise ProtocolError(
-            "bad_frame", f"{len(starts)} starts, {len(lengths)} lengths, {count} vectors"
-        )
-    if count > MAX_SEGMENTS:
-        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
-    if count == 0 and not end:
-        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
     if count and (int(lengths.min()) < 1 or int(lengths.max()) > 1 << _MAX_LENGTH_BITS):
         raise ProtocolError("bad_frame", f"lengths must be in 1..{1 << _MAX_LENGTH_BITS}")
     if count and (int(starts[0]) < 0 or np.any(starts[1:] != (starts + lengths)[:-1])):
