@@ -45,6 +45,7 @@ from edgetok.protocol import (
     Ready,
     encode_frame,
     parse_message,
+    ws_message_bytes,
 )
 from edgetok.segment_codes import SegmentCodes
 
@@ -107,11 +108,6 @@ class ClientStats:
     """Every websocket message sent (hellos and resends too) with its frame header."""
     resent_frames: int = 0
     reconnects: int = 0
-
-
-def _ws_bytes(size: int) -> int:
-    """Bytes on the wire for one masked client message of ``size`` bytes."""
-    return size + 6 + (2 if size >= 126 else 0) + (6 if size >= 1 << 16 else 0)
 
 
 class Client:
@@ -407,7 +403,7 @@ class Client:
     async def _write(self, connection: ClientConnection, data: str | bytes) -> None:
         await connection.send(data)
         size = len(data) if isinstance(data, bytes) else len(data.encode())
-        self.stats.wire_bytes += _ws_bytes(size)
+        self.stats.wire_bytes += ws_message_bytes(size)
 
     def _parse(self, data: str | bytes) -> Message:
         if not isinstance(data, str):

@@ -75,6 +75,7 @@ __all__ = [
     "max_utterance_segments",
     "parse_message",
     "wire_identity",
+    "ws_message_bytes",
 ]
 
 PROTOCOL_VERSION: typing.Final = 2
@@ -157,6 +158,11 @@ class Frame:
     """The last frame of the utterance."""
     dtype: str
     """How the vectors travelled: fp16, int8 or codes (then ``vectors`` are dequantized)."""
+
+
+def ws_message_bytes(size: int) -> int:
+    """Bytes on the wire of one masked client websocket message of ``size`` bytes."""
+    return size + 6 + (2 if size >= 126 else 0) + (6 if size >= 1 << 16 else 0)
 
 
 def frame_bytes(count: int, dim: int, dtype: str) -> int:

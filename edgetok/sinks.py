@@ -30,6 +30,7 @@ __all__ = [
     "RemoteSink",
     "Sink",
     "frames_bytes",
+    "utterance_frames",
     "wire_bytes",
     "wire_format",
 ]
@@ -50,6 +51,34 @@ def _slices(count: int) -> list[slice]:
     return [slice(i, i + SEGMENTS_PER_FRAME) for i in range(0, max(count, 1), SEGMENTS_PER_FRAME)]
 
 
+def utterance_frames(
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    vectors: np.ndarray,
+    dtype: str = "fp16",
+    codes: SegmentCodes | None = None,
+    *,
+    seq: int = 0,
+    utterance: int = 0,
+) -> list[bytes]:
+    """One utterance's frames as a client sends them: ``SEGMENTS_PER_FRAME`` segments
+    each (one, maybe empty, at least), numbered from ``seq``, the last with END."""
+    parts = _slices(len(starts))
+    return [
+        encode_frame(
+            seq + i,
+            utterance,
+            starts[part],
+            lengths[part],
+            vectors[part],
+            dtype=dtype,
+            codes=codes,
+            end=i == len(parts) - 1,
+        )
+        for i, part in enumerate(parts)
+    ]
+
+
 def wire_bytes(
     starts: np.ndarray,
     lengths: np.ndarray,
@@ -61,22 +90,7 @@ def wire_bytes(
     utterance 0: a codes frame's varints may take a byte or two more on a long session)."""
     if dtype != "codes":
         return frames_bytes(len(starts), vectors.shape[1], dtype)
-    parts = _slices(len(starts))
-    return sum(
-        len(
-            encode_frame(
-                0,
-                0,
-                starts[part],
-                lengths[part],
-                vectors[part],
-                dtype=dtype,
-                codes=codes,
-                end=i == len(parts) - 1,
-            )
-        )
-        for i, part in enumerate(parts)
-    )
+    return sum(len(f) for f in utterance_frames(starts, lengths, vectors, dtype, codes))
 
 
 def wire_format(bundle: Bundle, wire: str | None = None) -> dict[str, Any]:
@@ -242,21 +256,11 @@ class JsonlSink:
 
     def submit(self, starts: np.ndarray, lengths: np.ndarray, vectors: np.ndarray) -> int:
         handle = self._handles.take()
-        frames = []
-        parts = _slices(len(starts))
-        for i, part in enumerate(parts):
-            data = encode_frame(
-                self._seq,
-                handle,
-                starts[part],
-                lengths[part],
-                vectors[part],
-                dtype=self.dtype,
-                end=i == len(parts) - 1,
-                codes=self.codes,
-            )
-            frames.append(base64.b64encode(data).decode("ascii"))
-            self._seq += 1
+        encoded = utterance_frames(
+            starts, lengths, vectors, self.dtype, self.codes, seq=self._seq, utterance=handle
+        )
+        frames = [base64.b64encode(data).decode("ascii") for data in encoded]
+        self._seq += len(encoded)
         line = {"utterance": handle, "dtype": self.dtype, "frames": frames}
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()

@@ -36,9 +36,9 @@ from tqdm import tqdm
 from edgetok.audio import load_audio
 from edgetok.evaluate import Score, normalize
 from edgetok.manifest import Utterance
-from edgetok.protocol import Hello, decode_frame, encode_frame, wire_identity
+from edgetok.protocol import Hello, decode_frame, wire_identity, ws_message_bytes
 from edgetok.segment_codes import SegmentCodes
-from edgetok.sinks import SEGMENTS_PER_FRAME
+from edgetok.sinks import utterance_frames
 from edgetok.stages import Transcriber
 
 __all__ = [
@@ -49,18 +49,12 @@ __all__ = [
     "format_wire",
     "plot_wire",
     "token_bits",
-    "ws_message_bytes",
 ]
 
 #: The Opus bit rates of the comparison rows, kbit/s.
 OPUS_KBPS = (6, 12)
 _OPUS_FRAME_S = 0.02
 PCM_BYTES = 2
-
-
-def ws_message_bytes(size: int) -> int:
-    """Bytes on the wire of one masked client websocket message of ``size`` bytes."""
-    return size + 6 + (2 if size >= 126 else 0) + (6 if size >= 1 << 16 else 0)
 
 
 @dataclass
@@ -126,32 +120,6 @@ class OpusCodec:
             out.append(np.frombuffer(self._decoder.decode(packet, self.frame), "<i2"))
         decoded = np.concatenate(out)[: len(audio)] if out else np.zeros(0, "<i2")
         return decoded.astype(np.float32) / 32768.0, sizes
-
-
-def _frames(
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    vectors: np.ndarray,
-    dtype: str,
-    codes: SegmentCodes | None,
-    seq: int,
-    utterance: int,
-) -> list[bytes]:
-    """One utterance's frames as a client sends them."""
-    cuts = range(0, max(len(starts), 1), SEGMENTS_PER_FRAME)
-    return [
-        encode_frame(
-            seq + i,
-            utterance,
-            starts[b : b + SEGMENTS_PER_FRAME],
-            lengths[b : b + SEGMENTS_PER_FRAME],
-            vectors[b : b + SEGMENTS_PER_FRAME],
-            dtype=dtype,
-            codes=codes,
-            end=b + SEGMENTS_PER_FRAME >= len(starts),
-        )
-        for i, b in enumerate(cuts)
-    ]
 
 
 def _varint_bytes(value: int) -> int:
@@ -253,12 +221,14 @@ def evaluate_wire(
         def sent(frames: list[bytes]) -> int:
             return sum(ws_message_bytes(len(f)) for f in frames)
 
-        floats = _frames(starts, lengths, vectors, "fp16", None, seq, index)
+        floats = utterance_frames(starts, lengths, vectors, seq=seq, utterance=index)
         received = np.concatenate([decode_frame(f).vectors for f in floats])
         text = decoder(received)
         rows["float segments (fp16, protocol 1)"].add(sent(floats), (reference, text, duration))
         for m, code in codes.items():
-            frames = _frames(starts, lengths, vectors, "codes", code, seq, index)
+            frames = utterance_frames(
+                starts, lengths, vectors, "codes", code, seq=seq, utterance=index
+            )
             received = np.concatenate(
                 [decode_frame(f, dtype="codes", codes=code).vectors for f in frames]
             )

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from edgetok.audio import load_audio
 from edgetok.bundle import SegmentCodesSection, load_bundle, sha256_file, write_bundle
 from edgetok.cli import main
-from edgetok.protocol import encode_frame
+from edgetok.protocol import encode_frame, ws_message_bytes
 from edgetok.segment_codes import SegmentCodes
 from edgetok.stages import Transcriber
-from edgetok.wire_eval import OpusCodec, ws_message_bytes
+from edgetok.wire_eval import OpusCodec
 
 pytest.importorskip("jiwer")
 
