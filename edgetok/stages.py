@@ -434,13 +434,24 @@ class DecoderPack:
         """(starts [S], vectors [S, D], text) of one utterance (``frames``: the encoder
         frames, for a v2 aggregator); records the seconds of ``segmenter``,
         ``aggregator`` and ``decoder`` in ``timings``."""
+        starts, vectors = self.segments(tokens, entropy, timings, frames)
+        text = _timed(timings, "decoder", self.decoder, vectors)
+        return starts, vectors, text
+
+    def segments(
+        self,
+        tokens: np.ndarray,
+        entropy: np.ndarray,
+        timings: dict[str, float],
+        frames: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(starts [S], vectors [S, D]): ``run`` without the decoder."""
         starts = _timed(timings, "segmenter", self.compression.starts, tokens, entropy)
         source = self.aggregator.source(tokens, frames)
         vectors = _timed(
             timings, "aggregator", self.aggregator, source, starts, self.compression.max_len
         )
-        text = _timed(timings, "decoder", self.decoder, vectors)
-        return starts, vectors, text
+        return starts, vectors
 
 
 @dataclass(frozen=True)

@@ -210,10 +210,9 @@ def evaluate_wire(
         duration = len(audio) / transcriber.sample_rate
         audio_s += duration
         encoded = transcriber.encode(audio)
-        pack = transcriber.pack
-        starts = pack.compression.starts(encoded.tokens, encoded.entropy)
-        source = pack.aggregator.source(encoded.tokens, encoded.frames)
-        vectors = pack.aggregator(source, starts, pack.compression.max_len)
+        starts, vectors = transcriber.pack.segments(
+            encoded.tokens, encoded.entropy, {}, encoded.frames
+        )
         lengths = np.diff(np.append(starts, len(encoded.tokens)))
         segments += len(starts)
         tokens += len(encoded.tokens)
