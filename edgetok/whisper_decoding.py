@@ -21,12 +21,15 @@ from edgetok.bpe import BpeVocabulary
 from edgetok.bundle import Bundle
 from edgetok.runtime import Session, SessionOptions
 
-__all__ = ["WhisperDecoderStage"]
+__all__ = ["CROSS_BATCH", "WhisperDecoderStage"]
 
 #: The step graph input (``edgetok.masked_step``) added to cross-attention scores [B, S]:
 #: 0 for a segment, a large negative number for padding.
 CROSS_MASK = "cross_mask"
 _PADDING = -1e9
+#: The batch axis of a step graph's ``cross_keys``/``cross_values`` that may be 1 for
+#: rows of one utterance (``edgetok.train.onnx_batch``): its hypotheses share one copy.
+CROSS_BATCH = "B or 1"
 
 #: Whisper tiny.en's prompt: <|startoftranscript|> <|notimestamps|>.
 TINY_EN_PROMPT = (50257, 50362)
@@ -58,6 +61,10 @@ class WhisperDecoderStage:
         self.beam, self.length_penalty, self.max_tokens = beam, length_penalty, max_tokens
         self.masked = any(spec.name == CROSS_MASK for spec in step.inputs)
         """Whether ``step`` takes a ``cross_mask``: utterances of any lengths batch."""
+        cross = next((spec for spec in step.inputs if spec.name == "cross_keys"), None)
+        self.broadcasts = cross is not None and cross.shape[1] == CROSS_BATCH
+        """Whether ``step`` takes one copy of an utterance's cross-attention inputs for all
+        of its hypotheses (batch axis ``CROSS_BATCH``)."""
 
     @classmethod
     def from_bundle(
@@ -119,10 +126,12 @@ class _Lockstep:
         """The self-attention caches of the last step's rows."""
 
     def _cross_feeds(self, owners: tuple[int, ...]) -> dict[str, np.ndarray]:
-        """Cross-attention inputs for rows owned by utterances ``owners``, gathered again
-        only when the owners change (when an utterance's search ends)."""
+        """Cross-attention inputs for rows owned by utterances ``owners`` (one copy when
+        they are all one utterance's and the step broadcasts), gathered again only when
+        the owners change (when an utterance's search ends)."""
         if owners != self._rows_of:
-            index = np.array(owners)
+            alone = self.stage.broadcasts and len(set(owners)) == 1
+            index = np.array(owners[:1] if alone else owners)
             self._cross = {
                 "cross_keys": np.take(self.cross_k, index, axis=1),
                 "cross_values": np.take(self.cross_v, index, axis=1),

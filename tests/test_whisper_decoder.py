@@ -150,6 +150,47 @@ def test_server_graphs_export_with_dynamic_axes(tmp_path: Path) -> None:
     assert diff < 1e-3
 
 
+def test_step_graph_holds_the_table_once_and_broadcasts_cross_inputs(tmp_path: Path) -> None:
+    """The tied token table is gathered in float16 and projected untransposed (one float32
+    copy in a session); one utterance's cross inputs, given once, score every hypothesis
+    exactly as copies per hypothesis do."""
+    import onnx
+
+    from edgetok.runtime import open_session
+    from edgetok.train.export import export_whisper_decoder
+    from edgetok.train.fit_whisper_decoder import new_model
+    from edgetok.whisper_decoding import CROSS_BATCH
+
+    model = new_model(max_len=8).eval()
+    export_whisper_decoder(model, tmp_path / "context.onnx", tmp_path / "step.onnx")
+    graph = onnx.load(str(tmp_path / "step.onnx")).graph
+    readers = [n.op_type for n in graph.node if "decoder.token_embedding.weight" in n.input]
+    assert readers == ["Gemm"]
+    gather = next(n for n in graph.node if n.name == "node_embedding")
+    assert gather.input[0] == "decoder.token_embedding.weight__fp16"
+    step = open_session(tmp_path / "step.onnx")
+    cross = next(spec for spec in step.inputs if spec.name == "cross_keys")
+    assert cross.shape[1] == CROSS_BATCH
+    rng = np.random.default_rng(0)
+    beams, segments, past = 4, 11, 5
+    one = {k: rng.standard_normal((4, 1, 6, segments, 64), dtype=np.float32) for k in "kv"}
+    feeds = {
+        "text": rng.integers(0, 50000, (beams, 1)),
+        "past_keys": rng.standard_normal((4, beams, 6, past, 64), dtype=np.float32),
+        "past_values": rng.standard_normal((4, beams, 6, past, 64), dtype=np.float32),
+    }
+    shared = step.run({**feeds, "cross_keys": one["k"], "cross_values": one["v"]})
+    tiled = step.run(
+        {
+            **feeds,
+            "cross_keys": np.repeat(one["k"], beams, axis=1),
+            "cross_values": np.repeat(one["v"], beams, axis=1),
+        }
+    )
+    for name in ("logits", "keys", "values"):
+        np.testing.assert_array_equal(shared[name], tiled[name])
+
+
 def test_server_stage_decodes_like_torch(model_dir: Path, tmp_path: Path) -> None:
     """Greedy decoding through the exported graphs gives torch's greedy tokens (special
     tokens but the end suppressed on both sides); a beam of 4 runs too."""
@@ -177,7 +218,10 @@ def test_server_stage_decodes_like_torch(model_dir: Path, tmp_path: Path) -> Non
     greedy = WhisperDecoderStage(*sessions, vocab, beam=1, max_tokens=20)
     assert greedy(vectors.numpy()) == want
     beam = WhisperDecoderStage(*sessions, vocab, beam=4, max_tokens=20)
-    assert isinstance(beam(vectors.numpy()), str)
+    assert beam.broadcasts
+    text = beam(vectors.numpy())
+    beam.broadcasts = False  # every hypothesis gets its own copy of the cross inputs
+    assert beam(vectors.numpy()) == text
     assert greedy(np.zeros((0, 384), np.float32)) == ""
     with pytest.raises(ValueError, match=r"\[S, D\]"):
         greedy(vectors.numpy()[None])

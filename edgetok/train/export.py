@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -97,16 +98,22 @@ def _export_and_check(
     example: tuple[int, ...],
     checks: Sequence[tuple[int, ...]],
     fp16_weights: bool = False,
+    rewrite: Callable[[onnx.ModelProto], object] | None = None,
 ) -> float:
     """Export with ``make_inputs(*example)``; compare at ``make_inputs(*c)`` for c in checks.
     ``fp16_weights``: store the weights as float16 (``onnx_fp16``) before the comparison,
-    so the difference includes their rounding."""
+    so the difference includes their rounding; ``rewrite`` edits the graph in place before
+    it too."""
     gen = torch.Generator().manual_seed(0)
     export_onnx(module, make_inputs(gen, *example), path, input_names, output_names, dynamic_shapes)
     if fp16_weights:
         from edgetok.train.onnx_fp16 import store_weights_fp16
 
         store_weights_fp16(path, path)
+    if rewrite is not None:
+        model = onnx.load(str(path))
+        rewrite(model)
+        onnx.save(model, str(path))
     return max_abs_diff(module, path, [make_inputs(gen, *c) for c in checks])
 
 
@@ -282,9 +289,11 @@ STEP_OUTPUTS = ("logits", "keys", "values")
 
 def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path) -> float:
     """The v2 decoder as two graphs (``DecoderContextExport``, ``DecoderStepExport``) with
-    dynamic batch, segments S, text U and cache P (P may be 0), weights stored as float16;
-    returns the largest ORT difference from torch over both."""
+    dynamic batch, segments S, text U and cache P (P may be 0), weights stored as float16,
+    the step's cross-attention inputs broadcast over its batch (``onnx_batch``); returns
+    the largest ORT difference from torch over both."""
     from edgetok.train.fit_whisper_decoder import DecoderContextExport, DecoderStepExport
+    from edgetok.train.onnx_batch import broadcast_cross_batch
 
     dims = model.decoder.dims
     layers, heads, head_dim = dims.decoder_layers, dims.heads, dims.dim // dims.heads
@@ -327,5 +336,6 @@ def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path
         example=(2, 9, 3, 4),
         checks=[(1, 40, 2, 0), (4, 40, 1, 17), (1, 3, 1, 100)],
         fp16_weights=True,
+        rewrite=broadcast_cross_batch,
     )
     return max(context_diff, step_diff)
