@@ -223,3 +223,31 @@ def test_tensorrt_profile_covers_the_frames(v2_bundle: Path) -> None:
     width = bundle.segmenter.max_len
     assert shapes["frames"] == ([1, width, 384], [64, width, 384], [1024, width, 384])
     assert shapes["mask"] == ([1, width], [64, width], [1024, width])
+
+
+def test_tensorrt_profile_lets_a_beam_batch_the_decoder(tiny_bundle: Path) -> None:
+    """A decoder with a key/value cache (v1's, as exported: ``DECODER_INPUTS``) gets a
+    batch range (beam 4 runs, up to four utterances' beams), its cache and prefix from
+    empty; the device models keep batch 1."""
+    import dataclasses
+
+    from edgetok.runtime import TensorSpec
+    from edgetok.targets.compilers.tensorrt import MAX_DECODE_BATCH, profile_shapes
+
+    bundle = load_bundle(tiny_bundle)
+    max_len = bundle.segmenter.max_len
+    cache = [
+        TensorSpec(name, "float32", (2, "B", 2, "P", 4)) for name in ("past_keys", "past_values")
+    ]
+    decoder = dataclasses.replace(
+        bundle.models["decoder"], inputs=[*bundle.models["decoder"].inputs, *cache]
+    )
+    shapes = profile_shapes(decoder, "decoder", max_len)
+    assert sorted(shapes) == ["past_keys", "past_values", "prefix", "text"]
+    low, opt, high = shapes["past_keys"]
+    assert (low[1], opt[1], high[1]) == (1, 4, MAX_DECODE_BATCH) and low[3] == 0
+    assert shapes["prefix"][0][:2] == [1, 0]
+    assert shapes["prefix"][0][0] == shapes["text"][0][0] == 1
+    assert shapes["prefix"][2][0] == shapes["text"][2][0] == MAX_DECODE_BATCH
+    front = profile_shapes(bundle.models["entropy_lm"], "entropy_lm", max_len)
+    assert {s[2][0] for s in front.values()} == {1}

@@ -37,7 +37,8 @@ def _check(result: Any) -> Any:
 
 
 class TensorRtSession:
-    """One deserialized engine and execution context; I/O declared by the engine."""
+    """One deserialized engine and execution context; I/O declared by the engine. Each
+    tensor's device buffer is kept between runs and grown only when a run needs more."""
 
     def __init__(self, path: Path, *, options: SessionOptions) -> None:
         unknown = [key for key in options.extra if key not in _EXTRA_KEYS]
@@ -53,6 +54,8 @@ class TensorRtSession:
             raise ValueError(f"{path}: not a TensorRT engine for this GPU and TensorRT version")
         self._context = self._engine.create_execution_context()
         self._stream = _check(cudart.cudaStreamCreate())
+        self._buffers: dict[str, tuple[int, int]] = {}
+        """Tensor name -> (device address, capacity in bytes)."""
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [self._spec(n) for n in names if is_input[n]]
@@ -66,46 +69,56 @@ class TensorRtSession:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy ``inputs`` to the GPU, run the engine, copy every output back."""
         check_inputs(inputs, self.inputs, model=self.path)
-        buffers = []
-        try:
-            for spec in self.inputs:
-                host = np.ascontiguousarray(inputs[spec.name])
-                self._context.set_input_shape(spec.name, host.shape)
-                buffers.append(self._bind(spec.name, host.nbytes))
-                _check(
-                    cudart.cudaMemcpyAsync(
-                        buffers[-1],
-                        host.ctypes.data,
-                        host.nbytes,
-                        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                        self._stream,
-                    )
+        for spec in self.inputs:
+            host = np.ascontiguousarray(inputs[spec.name])
+            self._context.set_input_shape(spec.name, host.shape)
+            _check(
+                cudart.cudaMemcpyAsync(
+                    self._bind(spec.name, host.nbytes),
+                    host.ctypes.data,
+                    host.nbytes,
+                    cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    self._stream,
                 )
-            results = {}
-            for spec in self.outputs:
-                shape = tuple(self._context.get_tensor_shape(spec.name))
-                results[spec.name] = np.empty(shape, dtype=spec.dtype)
-                buffers.append(self._bind(spec.name, results[spec.name].nbytes))
-            if not self._context.execute_async_v3(self._stream):
-                raise RuntimeError(f"{self.path}: TensorRT execution failed")
-            for spec, device in zip(self.outputs, buffers[len(self.inputs) :], strict=True):
-                host = results[spec.name]
-                _check(
-                    cudart.cudaMemcpyAsync(
-                        host.ctypes.data,
-                        device,
-                        host.nbytes,
-                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                        self._stream,
-                    )
+            )
+        results = {}
+        for spec in self.outputs:
+            shape = tuple(self._context.get_tensor_shape(spec.name))
+            results[spec.name] = np.empty(shape, dtype=spec.dtype)
+            self._bind(spec.name, results[spec.name].nbytes)
+        if not self._context.execute_async_v3(self._stream):
+            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+        for spec in self.outputs:
+            host = results[spec.name]
+            _check(
+                cudart.cudaMemcpyAsync(
+                    host.ctypes.data,
+                    self._buffers[spec.name][0],
+                    host.nbytes,
+                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                    self._stream,
                 )
-            _check(cudart.cudaStreamSynchronize(self._stream))
-            return results
-        finally:
-            for device in buffers:
-                cudart.cudaFree(device)
+            )
+        _check(cudart.cudaStreamSynchronize(self._stream))
+        return results
 
     def _bind(self, name: str, nbytes: int) -> int:
-        device = _check(cudart.cudaMalloc(max(nbytes, 1)))
-        self._context.set_tensor_address(name, int(device))
+        """The device address of ``name``'s buffer, at least ``nbytes`` long (reallocated,
+        at twice the size, only when the kept one is smaller), set on the context."""
+        device, capacity = self._buffers.get(name, (0, 0))
+        if nbytes > capacity:
+            if device:
+                _check(cudart.cudaFree(device))
+                del self._buffers[name]
+            capacity = max(2 * capacity, nbytes, 1)
+            device = int(_check(cudart.cudaMalloc(capacity)))
+            self._buffers[name] = (device, capacity)
+        self._context.set_tensor_address(name, device)
         return device
+
+    def __del__(self) -> None:
+        """Free the device buffers and the stream."""
+        for device, _ in getattr(self, "_buffers", {}).values():
+            cudart.cudaFree(device)
+        if getattr(self, "_stream", None) is not None:
+            cudart.cudaStreamDestroy(self._stream)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetok.beam import DEFAULT_BEAM
 from edgetok.bundle import Bundle, ModelEntry
 from edgetok.targets.compilers import Artifact, Compiler, ToolchainError, require
 
@@ -85,15 +86,20 @@ class TensorRtCompiler(Compiler):
 
 #: The decoder's key/value-cache inputs: [layers, B, heads, P, head_dim], P from 0.
 _CACHE_INPUTS = ("past_keys", "past_values")
+#: The largest batch of a decoder with a cache: the hypotheses of four utterances' beams.
+MAX_DECODE_BATCH = 4 * DEFAULT_BEAM
 Shapes = tuple[list[int], list[int], list[int]]
 
 
 def profile_shapes(entry: ModelEntry, role: str, max_len: int) -> dict[str, Shapes]:
     """(min, opt, max) shape of each input, by the manifest's dimension names: each
     windowed axis (``edgetok.windows``: T, N, S, U) from 1 to its largest window, the
-    segment width L at ``max_len`` (segments are padded to it), the batch 1. A decoder
-    with a key/value cache: cache length P from 0 to the largest prefix + text window,
-    prefix length S from 0 (each character's step has no prefix)."""
+    segment width L at ``max_len`` (segments are padded to the width the aggregator was
+    trained at), the batch 1. A decoder with a key/value cache: batch B (and a cross
+    input's ``CROSS_BATCH``) from 1 to ``MAX_DECODE_BATCH``, tuned at one beam's
+    hypotheses; cache length P from 0 to the largest prefix + text window, prefix length S
+    from 0 (each character's step has no prefix)."""
+    from edgetok.whisper_decoding import CROSS_BATCH
     from edgetok.windows import SCHEMES
 
     sizes = SCHEMES[role].sizes
@@ -104,6 +110,8 @@ def profile_shapes(entry: ModelEntry, role: str, max_len: int) -> dict[str, Shap
     }
     ranges["P"] = (0, 64, sum(max(windows) for windows in sizes.values()))
     ranges["L"] = (max_len,) * 3
+    if cached:
+        ranges["B"] = ranges[CROSS_BATCH] = (1, DEFAULT_BEAM, MAX_DECODE_BATCH)
     shapes = {}
     for spec in entry.inputs:
         dims = [
