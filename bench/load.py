@@ -408,7 +408,9 @@ def _echo(run: RunResult) -> None:
 @click.option("--gap", default=1.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--spread", default=4.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--drain-s", default=180.0, show_default=True, type=click.FloatRange(min=1))
-@click.option("--replicas", default="1:2", show_default=True, help="Ray replicas MIN:MAX.")
+@click.option(
+    "--replicas", default="2:auto", show_default=True, help="Ray replicas MIN:MAX (edgetok serve)."
+)
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-wait-ms", default=20.0, show_default=True)
 @click.option("--kill-replicas", default=0, show_default=True, type=click.IntRange(min=0))

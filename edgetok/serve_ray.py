@@ -49,8 +49,12 @@ class RaySettings:
     address: str | None = None
     """An existing cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None starts
     a local one for this process."""
-    min_replicas: int = 1
-    max_replicas: int = 2
+    min_replicas: int = 2
+    """Two from the start: as many decodes at once as the plain server's two decode
+    threads, and one replica still serving while a killed one restarts."""
+    max_replicas: int | None = None
+    """None: as many as the cluster's CPUs hold at ``threads`` each (at least
+    ``min_replicas``), so the autoscaler never asks for replicas that cannot be placed."""
     max_batch: int = 8
     """Requests decoded together at most."""
     batch_wait_s: float = 0.02
@@ -61,7 +65,9 @@ class RaySettings:
     """How long a request is sent again while replicas are dead or restarting."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
+        if self.min_replicas < 1 or (
+            self.max_replicas is not None and self.max_replicas < self.min_replicas
+        ):
             raise ValueError("replicas: need 1 <= min <= max")
         if self.max_batch < 1 or self.threads < 1 or self.batch_wait_s < 0:
             raise ValueError("max_batch and threads must be >= 1, batch_wait_s >= 0")
@@ -133,7 +139,7 @@ def start(bundle: Path, beam: int, settings: RaySettings) -> RayDecoder:
     app = BatchDecoder.options(
         autoscaling_config={
             "min_replicas": settings.min_replicas,
-            "max_replicas": settings.max_replicas,
+            "max_replicas": _max_replicas(settings),
             "target_ongoing_requests": settings.max_batch,
             "upscale_delay_s": 3.0,
             "downscale_delay_s": 60.0,
@@ -144,6 +150,14 @@ def start(bundle: Path, beam: int, settings: RaySettings) -> RayDecoder:
     ).bind(str(bundle.resolve()), beam, settings.max_batch, settings.batch_wait_s, settings.threads)
     handle = serve.run(app, name=APP, route_prefix=None)
     return RayDecoder(handle, settings.retry_for_s)
+
+
+def _max_replicas(settings: RaySettings) -> int:
+    """``settings.max_replicas``, or as many replicas as the cluster's CPUs hold."""
+    if settings.max_replicas is not None:
+        return settings.max_replicas
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return max(settings.min_replicas, cpus // settings.threads)
 
 
 def stop(settings: RaySettings) -> None:

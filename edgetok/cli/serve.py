@@ -95,9 +95,10 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--replicas",
-    default="1:2",
+    default="2:auto",
     show_default=True,
-    help="With --ray: the fewest and most decoder replicas, MIN:MAX.",
+    help="With --ray: the fewest and most decoder replicas, MIN:MAX; MAX auto: as many as "
+    "the cluster's CPUs hold (one CPU each).",
 )
 @click.option(
     "--max-batch",
@@ -248,7 +249,7 @@ def _ray_settings(
         return RaySettings(
             address=address,
             min_replicas=int(low),
-            max_replicas=int(high or low),
+            max_replicas=None if high == "auto" else int(high or low),
             max_batch=max_batch,
             batch_wait_s=batch_wait_ms / 1000,
         )
