@@ -322,8 +322,9 @@ def decoder_cmd(
     "codes_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Residual VQ codebooks (.npy [M, K, D]): fine-tune --init-run's decoder on "
-    "dequantized segment vectors, the aggregator frozen (wire codes, issue 19).",
+    help="Residual VQ codebooks (.npy [M, K, D]) to start from: fine-tune --init-run's "
+    "aggregator, these codebooks and its decoder together through the wire's codes "
+    "(VQ-VAE losses; wire codes, issue 19).",
 )
 @click.option(
     "--code-stages",
