@@ -27,6 +27,7 @@ import numpy as np
 from edgetok.audio import SAMPLE_RATE, AudioSource
 from edgetok.frontend import LogMelStream, log_mel
 from edgetok.protocol import MAX_UTTERANCE_S
+from edgetok.segment import segment_lengths
 from edgetok.segment_codes import SegmentCodes
 from edgetok.sinks import Sink, frames_bytes, wire_bytes
 from edgetok.stages import Transcriber
@@ -388,7 +389,7 @@ class Pipeline:
         with _stopwatch(timings, "aggregator", self.clock):
             source = t.pack.aggregator.source(tokens, frames)
             vectors = t.pack.aggregator(source, starts, compression.max_len)
-        lengths = np.diff(np.append(starts, len(tokens)))
+        lengths = segment_lengths(starts, len(tokens))
         with _stopwatch(timings, self.sink.timing, self.clock):
             handle = self.sink.submit(starts, lengths, vectors)
             text = self.sink.result(handle, self.result_timeout_s)

@@ -37,6 +37,7 @@ from edgetok.audio import load_audio
 from edgetok.evaluate import Score, normalize
 from edgetok.manifest import Utterance
 from edgetok.protocol import Hello, decode_frame, wire_identity, ws_message_bytes
+from edgetok.segment import segment_lengths
 from edgetok.segment_codes import SegmentCodes
 from edgetok.sinks import utterance_frames
 from edgetok.stages import Transcriber
@@ -213,7 +214,7 @@ def evaluate_wire(
         starts, vectors = transcriber.pack.segments(
             encoded.tokens, encoded.entropy, {}, encoded.frames
         )
-        lengths = np.diff(np.append(starts, len(encoded.tokens)))
+        lengths = segment_lengths(starts, len(encoded.tokens))
         segments += len(starts)
         tokens += len(encoded.tokens)
 
