@@ -142,7 +142,7 @@ def _gemm_head(
     ]
     old = list(graph.node)
     at = old.index(matmul)
-    kept = [n for n in old[:at] if n is not transpose] + nodes + old[at + 1 :]
+    kept = [n for n in old[:at] if n != transpose] + nodes + old[at + 1 :]
     del graph.node[:]
     graph.node.extend(kept)
 
