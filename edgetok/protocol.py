@@ -27,6 +27,11 @@ Codes frame (dtype ``codes``, version 2; varints are unsigned LEB128, minimal)::
                        contiguous: segment i starts where i - 1 ends
     bits    S x (W bits: length - 1), then S x M codes of log2(K) bits (row-major),
             each value's low bit first, zero-padded to a whole byte
+
+Tokens frame (version 2; the segments' token ids, which a server with the bundle's
+``token_reader`` reads): the codes frame's layout with tag 0xED, and after the lengths
+sum(lengths) token ids of ceil(log2(V)) bits each (V: the bundle's ``[tokens]
+vocab_size``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "PROTOCOL_VERSIONS",
     "RETRYABLE_ERRORS",
+    "TOKENS_TAG",
     "Ack",
     "Error",
     "Final",
@@ -70,10 +76,13 @@ __all__ = [
     "ProtocolError",
     "Ready",
     "decode_frame",
+    "decode_tokens_frame",
     "encode_frame",
+    "encode_tokens_frame",
     "frame_bytes",
     "max_utterance_segments",
     "parse_message",
+    "token_bits",
     "wire_identity",
     "ws_message_bytes",
 ]
@@ -88,9 +97,10 @@ HEADER_BYTES: typing.Final = _HEADER.size
 #: Wire dtypes of float frames and their header codes.
 DTYPES: typing.Final = {"fp16": 1, "int8": 2}
 _DTYPE_NAMES: typing.Final = {code: name for name, code in DTYPES.items()}
-#: What a hello may announce: the float dtypes, and (version 2) segment codes.
-HELLO_DTYPES: typing.Final = (*DTYPES, "codes")
+#: What a hello may announce: the float dtypes, and (version 2) segment codes or tokens.
+HELLO_DTYPES: typing.Final = (*DTYPES, "codes", "tokens")
 CODES_TAG: typing.Final = 0xEC
+TOKENS_TAG: typing.Final = 0xED
 _MAX_LENGTH_BITS: typing.Final = 16
 _FLAG_END: typing.Final = 1
 MAX_SEGMENTS: typing.Final = 1024
@@ -157,7 +167,10 @@ class Frame:
     end: bool
     """The last frame of the utterance."""
     dtype: str
-    """How the vectors travelled: fp16, int8 or codes (then ``vectors`` are dequantized)."""
+    """How the vectors travelled: fp16, int8 or codes (then ``vectors`` are dequantized),
+    or tokens (then ``vectors`` is empty and ``tokens`` holds the segments' token ids)."""
+    tokens: np.ndarray | None = None
+    """int64 [sum(lengths)]: a tokens frame's token ids."""
 
 
 def ws_message_bytes(size: int) -> int:
@@ -396,46 +409,64 @@ def _read_varint(data: bytes, offset: int, name: str) -> tuple[int, int]:
     raise ProtocolError("bad_frame", f"{name}: a varint longer than 5 bytes")
 
 
-def _encode_codes_frame(
+def _check_contiguous(starts: np.ndarray, lengths: np.ndarray, what: str) -> None:
+    """What a varint frame carries: segments of 1..65536 tokens, each starting where the
+    one before ends, ending within u32."""
+    if not len(starts):
+        return
+    if int(lengths.min()) < 1 or int(lengths.max()) > 1 << _MAX_LENGTH_BITS:
+        raise ProtocolError("bad_frame", f"lengths must be in 1..{1 << _MAX_LENGTH_BITS}")
+    if int(starts[0]) < 0 or np.any(starts[1:] != (starts + lengths)[:-1]):
+        raise ProtocolError("bad_frame", f"a {what} frame carries contiguous segments only")
+    if int(starts[-1] + lengths[-1]) > _U32 - 1:
+        raise ProtocolError("bad_frame", "a segment ends beyond frame 2**32 - 1")
+
+
+def _encode_varint_frame(
+    tag: int,
     seq: int,
     utterance: int,
     starts: np.ndarray,
     lengths: np.ndarray,
-    vectors: np.ndarray,
-    codes: SegmentCodes,
+    payload: np.ndarray,
     end: bool,
 ) -> bytes:
-    from edgetok.segment_codes import bits_of, code_bits
+    """Tag, flags, the varints and the bits: the lengths - 1, then ``payload`` (bits)."""
+    from edgetok.segment_codes import bits_of
 
-    starts, lengths, vectors = _frame_arrays(
-        seq, utterance, starts, lengths, vectors, end, dim=codes.dim
-    )
-    count = len(vectors)
-    if count and (int(lengths.min()) < 1 or int(lengths.max()) > 1 << _MAX_LENGTH_BITS):
-        raise ProtocolError("bad_frame", f"lengths must be in 1..{1 << _MAX_LENGTH_BITS}")
-    if count and (int(starts[0]) < 0 or np.any(starts[1:] != (starts + lengths)[:-1])):
-        raise ProtocolError("bad_frame", "a codes frame carries contiguous segments only")
-    if count and int(starts[-1] + lengths[-1]) > _U32 - 1:
-        raise ProtocolError("bad_frame", "a segment ends beyond frame 2**32 - 1")
-    if not np.all(np.isfinite(vectors)):
-        raise ProtocolError("bad_frame", "vectors hold NaN or infinity")
+    count = len(starts)
     width = max(1, int(lengths.max() - 1).bit_length()) if count else 1
     head = _varint(seq) + _varint(utterance) + _varint(count)
     if count:
         head += _varint(int(starts[0]))
-    bits = np.concatenate(
-        [bits_of(lengths - 1, width), bits_of(codes.encode(vectors), code_bits(codes.size))]
-    )
+    bits = np.concatenate([bits_of(lengths - 1, width), payload])
     flags = (1 if end else 0) | (width - 1) << 4
-    body = np.packbits(bits, bitorder="little").tobytes()
-    return bytes([CODES_TAG, flags]) + head + body
+    return bytes([tag, flags]) + head + np.packbits(bits, bitorder="little").tobytes()
 
 
-def _decode_codes_frame(data: bytes, codes: SegmentCodes) -> Frame:
-    from edgetok.segment_codes import code_bits, values_of
+@dataclass(frozen=True)
+class _VarintHead:
+    """A varint frame up to its payload: the segments, and the payload's bits."""
 
-    if len(data) < 2 or data[0] != CODES_TAG:
-        raise ProtocolError("bad_frame", "not a codes frame (tag 0xEC, then flags and varints)")
+    seq: int
+    utterance: int
+    starts: np.ndarray
+    lengths: np.ndarray
+    end: bool
+    payload: np.ndarray
+
+
+def _decode_varint_frame(
+    data: bytes, tag: int, what: str, payload_bits: typing.Callable[[np.ndarray], int]
+) -> _VarintHead:
+    """Read a frame that ``_encode_varint_frame`` wrote; ``payload_bits(lengths)``: how
+    many bits follow the lengths (the frame must hold exactly those, zero-padded)."""
+    from edgetok.segment_codes import values_of
+
+    if len(data) < 2 or data[0] != tag:
+        raise ProtocolError(
+            "bad_frame", f"not a {what} frame (tag {tag:#04x}, then flags and varints)"
+        )
     flags = data[1]
     if flags & 0x0E:
         raise ProtocolError("bad_frame", f"unknown flags {flags:#04x}")
@@ -450,30 +481,138 @@ def _decode_codes_frame(data: bytes, codes: SegmentCodes) -> Frame:
     start = 0
     if count:
         start, offset = _read_varint(data, offset, "start")
-    bits = code_bits(codes.size)
-    n = count * (width + codes.stages * bits)
+    bit_array = np.unpackbits(np.frombuffer(data, np.uint8, offset=offset), bitorder="little")
+    if len(bit_array) < count * width:
+        raise ProtocolError("bad_frame", f"{what} frame ends inside its {count} lengths")
+    lengths = values_of(bit_array[: count * width], width).astype(np.int64) + 1
+    n = count * width + payload_bits(lengths)
     if len(data) - offset != (n + 7) // 8:
         raise ProtocolError(
             "bad_frame",
-            f"codes frame of {len(data)} bytes; {count} segments of {width} + "
-            f"{codes.stages} x {bits} bits need {offset + (n + 7) // 8}",
+            f"{what} frame of {len(data)} bytes; {count} segments need "
+            f"{offset + (n + 7) // 8} ({count} x {width} bits of lengths, then "
+            f"{n - count * width} bits)",
         )
-    bit_array = np.unpackbits(np.frombuffer(data, np.uint8, offset=offset), bitorder="little")
     if bit_array[n:].any():
-        raise ProtocolError("bad_frame", "codes frame: padding bits must be zero")
-    lengths = values_of(bit_array[: count * width], width).astype(np.int64) + 1
-    values = values_of(bit_array[count * width : n], bits).reshape(count, codes.stages)
+        raise ProtocolError("bad_frame", f"{what} frame: padding bits must be zero")
     starts = start + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     if count and int(starts[-1] + lengths[-1]) > _U32 - 1:
         raise ProtocolError("bad_frame", "a segment ends beyond frame 2**32 - 1")
+    return _VarintHead(seq, utterance, starts[:count], lengths, end, bit_array[count * width : n])
+
+
+def _encode_codes_frame(
+    seq: int,
+    utterance: int,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    vectors: np.ndarray,
+    codes: SegmentCodes,
+    end: bool,
+) -> bytes:
+    from edgetok.segment_codes import bits_of, code_bits
+
+    starts, lengths, vectors = _frame_arrays(
+        seq, utterance, starts, lengths, vectors, end, dim=codes.dim
+    )
+    _check_contiguous(starts, lengths, "codes")
+    if not np.all(np.isfinite(vectors)):
+        raise ProtocolError("bad_frame", "vectors hold NaN or infinity")
+    payload = bits_of(codes.encode(vectors), code_bits(codes.size))
+    return _encode_varint_frame(CODES_TAG, seq, utterance, starts, lengths, payload, end)
+
+
+def _decode_codes_frame(data: bytes, codes: SegmentCodes) -> Frame:
+    from edgetok.segment_codes import code_bits, values_of
+
+    bits = code_bits(codes.size)
+    head = _decode_varint_frame(data, CODES_TAG, "codes", lambda n: len(n) * codes.stages * bits)
+    values = values_of(head.payload, bits).reshape(len(head.starts), codes.stages)
     return Frame(
-        seq=seq,
-        utterance=utterance,
-        starts=starts[:count],
-        lengths=lengths,
+        seq=head.seq,
+        utterance=head.utterance,
+        starts=head.starts,
+        lengths=head.lengths,
         vectors=codes.decode(values),
-        end=end,
+        end=head.end,
         dtype="codes",
+    )
+
+
+def token_bits(vocab_size: int) -> int:
+    """Bits of one token id of a vocabulary of ``vocab_size`` (2..65536) in a tokens frame."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an integer, got {vocab_size!r}")
+    if not 2 <= vocab_size <= 1 << 16:
+        raise ValueError(f"vocab_size must be in 2..65536, got {vocab_size}")
+    return (vocab_size - 1).bit_length()
+
+
+def encode_tokens_frame(
+    seq: int,
+    utterance: int,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    tokens: np.ndarray,
+    vocab_size: int,
+    *,
+    end: bool = False,
+) -> bytes:
+    """A tokens frame (version 2): ``S`` contiguous segments and their ``sum(lengths)``
+    token ids, ``token_bits(vocab_size)`` bits each. Raises ``ProtocolError`` for input
+    ``decode_tokens_frame`` would refuse."""
+    from edgetok.segment_codes import bits_of
+
+    bits = token_bits(vocab_size)
+    for name, value in (("seq", seq), ("utterance", utterance)):
+        if not 0 <= value < _U32:
+            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    tokens = np.asarray(tokens).reshape(-1)
+    if len(starts) != len(lengths):
+        raise ProtocolError("bad_frame", f"{len(starts)} starts, {len(lengths)} lengths")
+    if len(starts) > MAX_SEGMENTS:
+        raise ProtocolError("bad_frame", f"{len(starts)} segments; at most {MAX_SEGMENTS} a frame")
+    if not len(starts) and not end:
+        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    _check_contiguous(starts, lengths, "tokens")
+    if len(tokens) != int(lengths.sum()):
+        raise ProtocolError(
+            "bad_frame", f"{len(tokens)} token ids for segments of {int(lengths.sum())} tokens"
+        )
+    if tokens.size and (
+        tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() >= vocab_size
+    ):
+        raise ProtocolError("bad_frame", f"token ids must be integers in 0..{vocab_size - 1}")
+    payload = bits_of(tokens.astype(np.int64), bits)
+    return _encode_varint_frame(TOKENS_TAG, seq, utterance, starts, lengths, payload, end)
+
+
+def decode_tokens_frame(data: bytes, vocab_size: int, *, max_bytes: int | None = None) -> Frame:
+    """Decode and check a tokens frame; ``Frame.tokens`` holds the ids int64 [sum lengths]
+    and ``vectors`` is empty [S, 0] (the server rebuilds them: ``TokenReaderStage``).
+    Raises ``ProtocolError``: ``too_large`` beyond ``max_bytes``, else ``bad_frame``."""
+    from edgetok.segment_codes import values_of
+
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ProtocolError("too_large", f"frame of {len(data)} bytes; the limit is {max_bytes}")
+    bits = token_bits(vocab_size)
+    head = _decode_varint_frame(data, TOKENS_TAG, "tokens", lambda n: int(n.sum()) * bits)
+    tokens = values_of(head.payload, bits).astype(np.int64)
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise ProtocolError(
+            "bad_frame", f"token id {int(tokens.max())} beyond the vocabulary of {vocab_size}"
+        )
+    return Frame(
+        seq=head.seq,
+        utterance=head.utterance,
+        starts=head.starts,
+        lengths=head.lengths,
+        vectors=np.zeros((len(head.starts), 0), np.float32),
+        end=head.end,
+        dtype="tokens",
+        tokens=tokens,
     )
 
 
@@ -545,6 +684,9 @@ class Hello(_Message):
     """The session's secret from the ``ready`` that opened it; required to resume it."""
     codes_sha256: str = ""
     """Version 2, dtype ``codes``: the sha256 of the bundle's codebooks file."""
+    reader_sha256: str = ""
+    """Version 2, dtype ``tokens``: the sha256 of the bundle's ``token_reader`` model
+    (left out of the JSON otherwise)."""
 
     @property
     def identity(self) -> Identity:
@@ -555,6 +697,8 @@ class Hello(_Message):
         data = {"type": self.TYPE, **asdict(self)}
         if self.version == 1:
             data.pop("codes_sha256")
+        if not self.reader_sha256:
+            data.pop("reader_sha256")
         return json.dumps(data, separators=(",", ":"))
 
     def _validate(self) -> None:
@@ -564,12 +708,16 @@ class Hello(_Message):
             raise ProtocolError("bad_message", "hello: aggregator_sha256 is not a sha256")
         if self.dtype not in HELLO_DTYPES or not 0 < self.dim <= MAX_DIM:
             raise ProtocolError("bad_message", f"hello: dtype {self.dtype!r}, dim {self.dim}")
-        if self.dtype == "codes" and self.version < 2:
-            raise ProtocolError("bad_message", "hello: dtype codes needs protocol version 2")
-        if (self.dtype == "codes") != bool(self.codes_sha256):
-            raise ProtocolError("bad_message", "hello: codes_sha256 goes with dtype codes only")
-        if self.codes_sha256 and _SHA256.fullmatch(self.codes_sha256) is None:
-            raise ProtocolError("bad_message", "hello: codes_sha256 is not a sha256")
+        if self.dtype not in DTYPES and self.version < 2:
+            raise ProtocolError(
+                "bad_message", f"hello: dtype {self.dtype} needs protocol version 2"
+            )
+        for dtype, sha in (("codes", self.codes_sha256), ("tokens", self.reader_sha256)):
+            name = "codes_sha256" if dtype == "codes" else "reader_sha256"
+            if (self.dtype == dtype) != bool(sha):
+                raise ProtocolError("bad_message", f"hello: {name} goes with dtype {dtype} only")
+            if sha and _SHA256.fullmatch(sha) is None:
+                raise ProtocolError("bad_message", f"hello: {name} is not a sha256")
         if len(self.pending) > MAX_PENDING:
             raise ProtocolError("bad_message", f"hello: more than {MAX_PENDING} pending")
         if self.resume_key and _SESSION.fullmatch(self.resume_key) is None:
@@ -689,8 +837,9 @@ def parse_message(text: str | bytes, versions: tuple[int, ...] = PROTOCOL_VERSIO
             f"{cls.TYPE}: protocol version {_shown(version)}; this side speaks "
             f"{' and '.join(map(str, versions))}",
         )
-    if version == 1 and cls is Hello and "codes_sha256" in data:
-        raise ProtocolError("bad_message", "hello: unknown field 'codes_sha256' in version 1")
+    for key in ("codes_sha256", "reader_sha256"):
+        if version == 1 and cls is Hello and key in data:
+            raise ProtocolError("bad_message", f"hello: unknown field {key!r} in version 1")
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in data:
