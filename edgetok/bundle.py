@@ -93,7 +93,8 @@ MANIFEST_NAME: Final = "bundle.toml"
 #: rerunning the whole sequence per character. A v2 bundle's server decoder is two graphs
 #: instead (``edgetok.whisper_decoding``): ``decoder_context`` (segment vectors -> every
 #: layer's cross-attention keys/values) and ``decoder_step`` (BPE tokens with a
-#: self-attention cache), with the ``[text]`` vocabulary.
+#: self-attention cache), with the ``[text]`` vocabulary; an optional ``token_reader``
+#: (token ids -> estimated encoder frames) lets the server read the token wire.
 MODEL_ROLES: Final = (
     "tokenizer",
     "entropy_lm",
@@ -101,6 +102,7 @@ MODEL_ROLES: Final = (
     "decoder",
     "decoder_context",
     "decoder_step",
+    "token_reader",
 )
 
 #: The four models of a v1 bundle (the character decoder): what ``edgetok build`` compiles.

@@ -33,12 +33,14 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPRESSION_FILE",
     "MAX_CHARS",
+    "SERVER_DECODER_ROLES",
     "SERVER_ROLES",
     "AggregatorStage",
     "DecoderPack",
     "DecoderStage",
     "Encoded",
     "EntropyStage",
+    "TokenReaderStage",
     "TokenizerStage",
     "Transcriber",
     "Transcript",
@@ -52,8 +54,11 @@ __all__ = [
 COMPRESSION_FILE = "compression.json"
 #: The most characters ``DecoderStage`` writes for one utterance by default.
 MAX_CHARS = 400
-#: A v2 bundle's server decoder graphs (``server_decoder``): never run on the device.
-SERVER_ROLES = ("decoder_context", "decoder_step")
+#: A v2 bundle's server decoder graphs (``server_decoder``).
+SERVER_DECODER_ROLES = ("decoder_context", "decoder_step")
+#: What only a server runs: v2's decoder graphs and the token wire's optional reader
+#: (``TokenReaderStage``); never the device.
+SERVER_ROLES = (*SERVER_DECODER_ROLES, "token_reader")
 
 _T = TypeVar("_T")
 
@@ -191,6 +196,36 @@ class AggregatorStage:
             return {"frames": padded, "mask": mask}
         padded, mask = segments_to_padded(source, starts, max_len)
         return {"tokens": padded, "mask": mask}
+
+
+class TokenReaderStage:
+    """Server side of the token wire: token ids int64 [T] -> estimated encoder frames
+    float32 [T, F] (``edgetok.train.token_reader``), which the bundle's v2 aggregator then
+    reads as it reads the device's real frames."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dim = _fixed_last_dim(session, "frames")
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, options: SessionOptions | None = None
+    ) -> TokenReaderStage | None:
+        """The bundle's token reader, or None when it has none."""
+        if "token_reader" not in bundle.models:
+            return None
+        return cls(bundle.open("token_reader", options=options))
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        if tokens.shape[0] == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.session.run({"tokens": tokens[None].astype(np.int64)})["frames"][0]
+
+    def vectors(
+        self, tokens: np.ndarray, starts: np.ndarray, aggregator: AggregatorStage, max_len: int
+    ) -> np.ndarray:
+        """Segment vectors [S, D] of an utterance's tokens [T] cut at ``starts`` [S]."""
+        return aggregator(self(tokens), starts, max_len)
 
 
 class DecoderStage:

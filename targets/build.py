@@ -37,7 +37,7 @@ from edgetok.calibration import CalibrationSet, Utterance, heldout_source, make_
 from edgetok.calibration import read_source as read_audio_source
 from edgetok.quantize import int8_roles
 from edgetok.runtime import SessionOptions
-from edgetok.stages import SERVER_ROLES, device_roles
+from edgetok.stages import SERVER_DECODER_ROLES, SERVER_ROLES, device_roles
 from edgetok.targets import load_profile
 from edgetok.targets.compilers import ToolchainError, get_compiler
 
@@ -130,7 +130,7 @@ def _check_roles(source: Bundle) -> None:
     v2's two Whisper graphs)."""
     missing = [r for r in ("tokenizer", "entropy_lm", "aggregator") if r not in source.models]
     if "decoder" not in source.models:
-        missing += [r for r in SERVER_ROLES if r not in source.models]
+        missing += [r for r in SERVER_DECODER_ROLES if r not in source.models]
     if missing:
         raise BuildError(f"{source.manifest_path}: a build needs every model; missing {missing}")
 

@@ -383,6 +383,68 @@ def whisper_decoder_cmd(
     )
 
 
+@command.command("token-reader")
+@_corpus_option
+@_loop_options
+@click.option(
+    "--decoder-run",
+    default="whisper_decoder_entropy",
+    show_default=True,
+    help="The whisper-decoder run whose aggregator and decoder (frozen) read the tokens.",
+)
+@click.option(
+    "--semantic-run",
+    default="semantic",
+    show_default=True,
+    help="The semantic run: its FSQ grid, and its CTC post-net for the first blocks.",
+)
+@click.option("--layers", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("--max-positions", type=int, default=1_000, show_default=True)
+@click.option("--train-hours", type=float, default=12.0, show_default=True)
+def token_reader_cmd(
+    corpus_dir,
+    run_name,
+    decoder_run,
+    semantic_run,
+    layers,
+    max_positions,
+    train_hours,
+    **loop_kwargs,
+) -> None:
+    """Wire v2: train the server's token reader (v2 token ids -> encoder frames), so that
+    a device may send its token ids instead of segment vectors; the decoder run's
+    aggregator and decoder read the rebuilt frames, frozen (after whisper-decoder)."""
+    corpus, run_dir, loop = _setup(corpus_dir, run_name or "token_reader", **loop_kwargs)
+    from edgetok.train.fit_token_reader import train_token_reader
+    from edgetok.train.token_reader import TokenReaderConfig
+
+    train_token_reader(
+        corpus,
+        run_dir,
+        loop,
+        decoder_run=run_dir.parent / decoder_run,
+        semantic_run=run_dir.parent / semantic_run,
+        config=TokenReaderConfig(layers=layers),
+        max_positions=max_positions,
+        train_hours=train_hours,
+    )
+
+
+@command.command("add-token-reader")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run", "run_name", default="token_reader", show_default=True)
+def add_token_reader_cmd(bundle_dir: Path, run_name: str) -> None:
+    """Export a token-reader run into the v2 bundle BUNDLE_DIR (its server-side
+    ``token_reader``, for the token wire) and record it in bundle.toml."""
+    _, run_dir, _ = _setup(None, run_name)
+    from edgetok.train.make_bundle import add_token_reader
+
+    bundle = add_token_reader(bundle_dir, run_dir)
+    entry = bundle.models["token_reader"]
+    size = (bundle_dir / entry.file).stat().st_size
+    click.echo(f"{bundle_dir / entry.file}: {size / 1e6:.1f} MB, sha256 {entry.sha256[:12]}")
+
+
 @command.command("v2-eval")
 @click.argument("manifest", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--human", is_flag=True, help="Score the human-speech set (edgetok eval --human).")

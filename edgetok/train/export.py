@@ -339,3 +339,23 @@ def export_whisper_decoder(model: nn.Module, context_path: Path, step_path: Path
         rewrite=broadcast_cross_batch,
     )
     return max(context_diff, step_diff)
+
+
+def export_token_reader(reader: nn.Module, path: str | Path) -> float:
+    """Wire v2's server-side ``TokenReader``: ``tokens`` [B, T] int64 -> ``frames``
+    [B, T, F] (every row whole), weights stored as float16; returns ORT max abs diff."""
+
+    def make(gen: torch.Generator, b: int, t: int) -> Inputs:
+        return (torch.randint(0, reader.vocab_size, (b, t), generator=gen),)
+
+    return _export_and_check(
+        reader,
+        make,
+        path,
+        ["tokens"],
+        ["frames"],
+        {"tokens": {0: "B", 1: "T"}},
+        example=(2, 40),
+        checks=[(1, 7), (1, 300)],
+        fp16_weights=True,
+    )

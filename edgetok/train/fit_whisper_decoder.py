@@ -207,13 +207,19 @@ class SegmentWhisper(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token cross-entropy over the text (prompt excluded), and the VQ loss."""
         context, counts, vq_loss = self.context(batch, coded)
+        return self.text_loss(context, counts, targets), vq_loss
+
+    def text_loss(
+        self, context: torch.Tensor, counts: torch.Tensor, targets: list[np.ndarray]
+    ) -> torch.Tensor:
+        """The decoder's mean next-token cross-entropy over the text (prompt excluded),
+        reading segment vectors ``context`` [B, S_max, dim] of ``counts`` [B] rows."""
         text = torch.from_numpy(pad_stack(targets, pad_value=IGNORE)[0])
         inputs = text[:, :-1].clamp(min=0)
         expected = text[:, 1:].clone()
         expected[:, 0] = IGNORE  # <|notimestamps|> is part of the prompt, given, not learned
         logits = self.decoder(inputs, context, counts)
-        text_loss = F.cross_entropy(logits.transpose(1, 2), expected, ignore_index=IGNORE)
-        return text_loss, vq_loss
+        return F.cross_entropy(logits.transpose(1, 2), expected, ignore_index=IGNORE)
 
     @torch.no_grad()
     def greedy(
@@ -221,10 +227,22 @@ class SegmentWhisper(nn.Module):
     ) -> list[list[int]]:
         """Greedy token ids after the prompt (the whole text rerun per token), at most
         ``max_tokens`` and never past the decoder's last position."""
-        max_tokens = min(max_tokens, self.decoder.dims.max_text - len(prompt))
         context, counts, _ = self.context(batch)
-        ids = torch.tensor([prompt] * len(batch))
-        done = torch.zeros(len(batch), dtype=torch.bool)
+        return self.greedy_context(context, counts, prompt, eot, max_tokens)
+
+    @torch.no_grad()
+    def greedy_context(
+        self,
+        context: torch.Tensor,
+        counts: torch.Tensor,
+        prompt: list[int],
+        eot: int,
+        max_tokens: int,
+    ) -> list[list[int]]:
+        """``greedy`` on segment vectors already made: context [B, S_max, dim], counts [B]."""
+        max_tokens = min(max_tokens, self.decoder.dims.max_text - len(prompt))
+        ids = torch.tensor([prompt] * len(context))
+        done = torch.zeros(len(context), dtype=torch.bool)
         for _ in range(max_tokens):
             step = self.decoder(ids, context, counts)[:, -1].argmax(-1)
             step[done] = eot

@@ -401,3 +401,46 @@ def export_decoder_pack(decoder_run: Path, out_dir: Path) -> Path:
     (out_dir / "decoder_step.onnx").unlink(missing_ok=True)  # an older export's twin
     (out_dir / COMPRESSION_FILE).write_text(json.dumps(compression.to_dict(), indent=2))
     return out_dir
+
+
+TOKEN_READER_FILE = "token_reader.onnx"
+
+
+def add_token_reader(bundle_dir: Path, reader_run: Path) -> Bundle:
+    """Export a ``token-reader`` run into the v2 bundle at ``bundle_dir`` as its
+    ``token_reader`` (server side: the token wire) and record it in ``bundle.toml``.
+
+    The reader must be of this bundle: the same FSQ grid as its codebook, and trained in
+    front of the decoder run whose aggregator this bundle ships (same export)."""
+    from edgetok.train.export import export_token_reader
+    from edgetok.train.fit_token_reader import load_token_reader
+
+    bundle = load_bundle(bundle_dir)
+    model = load_token_reader(reader_run, reader_run.parent)
+    grid = model.reader.grid.numpy()
+    if not np.array_equal(grid, np.load(bundle.codebook_path, allow_pickle=False)):
+        raise ValueError(f"{reader_run}: its token grid is not {bundle.codebook_path}'s")
+    _check_same_aggregator(model.whisper.aggregator, bundle, reader_run)
+    path = bundle_dir / TOKEN_READER_FILE
+    diff = export_token_reader(model.reader, path)
+    facts = {**bundle.training, "token_reader": _training_facts(reader_run)}
+    facts["export_max_abs_diff"] = {
+        **bundle.training.get("export_max_abs_diff", {}),
+        "token_reader": round(diff, 5),
+    }
+    models = {**bundle.models, "token_reader": ModelEntry.fp32_onnx(path)}
+    write_bundle(replace(bundle, models=models, training=facts, root=None), bundle_dir)
+    return load_bundle(bundle_dir)
+
+
+def _check_same_aggregator(aggregator: nn.Module, bundle: Bundle, reader_run: Path) -> None:
+    """The reader's aggregator gives the bundle's aggregator's vectors (to float16 weights)."""
+    session = bundle.open("aggregator")
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randn(5, aggregator.cfg.max_len, aggregator.cfg.feature_dim, generator=gen)
+    mask = torch.ones(5, aggregator.cfg.max_len, dtype=torch.bool)
+    with torch.no_grad():
+        want = aggregator.eval()(frames, mask).numpy()
+    got = session.run({"frames": frames.numpy(), "mask": mask.numpy()})["vectors"]
+    if float(np.abs(got - want).max()) > 1e-2:
+        raise ValueError(f"{reader_run}: trained in front of another aggregator than the bundle's")
