@@ -70,7 +70,11 @@ class _BenchSink:
         self.clock = clock
         self._first: dict[int, float] = {}
         self.remote = RemoteSink(url, token, identity, on_transcript=self._on_text, **wire)
-        self.dtype, self.codes = self.remote.dtype, self.remote.codes
+        self.dtype, self.codes, self.tokens = (
+            self.remote.dtype,
+            self.remote.codes,
+            self.remote.tokens,
+        )
         self.parts: list[dict[str, float]] = []
         self._submitted: dict[int, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
@@ -79,27 +83,22 @@ class _BenchSink:
         with self._lock:
             self._first.setdefault(event.utterance, time.monotonic())
 
-    def submit(self, starts: np.ndarray, lengths: np.ndarray, vectors: np.ndarray) -> int:
-        from edgetok.protocol import encode_frame
-        from edgetok.sinks import SEGMENTS_PER_FRAME
+    def submit(
+        self,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        vectors: np.ndarray,
+        tokens: np.ndarray | None = None,
+    ) -> int:
+        from edgetok.sinks import utterance_frames
 
-        count = len(starts)
         started = self.clock()
-        parts = list(range(0, max(count, 1), SEGMENTS_PER_FRAME))
-        for i, first in enumerate(parts):
-            part = slice(first, first + SEGMENTS_PER_FRAME)
-            encode_frame(
-                i,
-                0,
-                starts[part],
-                lengths[part],
-                vectors[part],
-                dtype=self.dtype,
-                end=i == len(parts) - 1,
-            )
+        utterance_frames(
+            starts, lengths, vectors, self.dtype, self.codes, tokens=tokens, token_wire=self.tokens
+        )
         serialize = self.clock() - started
         sent = self.clock()
-        handle = self.remote.submit(starts, lengths, vectors)
+        handle = self.remote.submit(starts, lengths, vectors, tokens)
         self.remote.remote.flush(self.remote.timeout_s)
         send = self.clock() - sent
         self._submitted[handle] = (sent, serialize, send)

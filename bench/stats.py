@@ -106,8 +106,9 @@ def summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "segments_per_s": rate(sum(u["segments"] for u in utterances)),
             "bytes_per_s": {
                 kind: rate(sum(u["bytes"][kind] for u in utterances))
-                for kind in ("segments", "dense", "pcm", "codes")
-                # codes: what the bundle's segment codes (--wire codes) would send
+                for kind in ("segments", "dense", "pcm", "codes", "tokens")
+                # codes, tokens: what the bundle's segment codes (--wire codes) or its
+                # token wire (--wire tokens) would send
                 if utterances and all(u["bytes"].get(kind) is not None for u in utterances)
             },
         },

@@ -124,6 +124,7 @@ def format_report(report: dict[str, Any]) -> str:
             "segments/s",
             "bytes/s",
             "codes B/s",
+            "tokens B/s",
         ]
         rows = []
         speedups = report.get("ratios", {}).get("pocketsphinx_over_end_to_end", {})
@@ -151,6 +152,7 @@ def format_report(report: dict[str, Any]) -> str:
                     _num(c["rates"]["segments_per_s"]),
                     _num(c["rates"]["bytes_per_s"]["segments"], 0),
                     _num(c["rates"]["bytes_per_s"].get("codes"), 0),
+                    _num(c["rates"]["bytes_per_s"].get("tokens"), 0),
                 ]
             )
         sphinx = report.get("baselines", {}).get("pocketsphinx")
@@ -162,7 +164,7 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{sphinx['rtf']['p50']:.4f}",
                     "1.0x",
                 ]
-                + ["-"] * 10
+                + ["-"] * 11
             )
         lines += _grid(header, rows)
         legend = (
@@ -173,7 +175,7 @@ def format_report(report: dict[str, Any]) -> str:
             "-> first token (Numba cache warm / empty); peak RSS: that device process; "
             "models: device models + codebook on disk; bytes/s: wire frames per second of "
             "speech (fp16); codes B/s: the same segments as the bundle's segment codes "
-            "(--wire codes, protocol 2)."
+            "(--wire codes, protocol 2); tokens B/s: their token ids (--wire tokens, protocol 2)."
         )
         lines += textwrap.wrap(legend, 100)
         lines += _flops_lines(configs)

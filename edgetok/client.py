@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from ssl import SSLCertVerificationError, SSLContext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -44,10 +44,14 @@ from edgetok.protocol import (
     ProtocolError,
     Ready,
     encode_frame,
+    encode_tokens_frame,
     parse_message,
     ws_message_bytes,
 )
 from edgetok.segment_codes import SegmentCodes
+
+if TYPE_CHECKING:
+    from edgetok.token_wire import TokenWire
 
 __all__ = [
     "AuthError",
@@ -125,6 +129,7 @@ class Client:
         *,
         dtype: str = "fp16",
         codes: SegmentCodes | None = None,
+        tokens: TokenWire | None = None,
         buffer_frames: int = 64,
         retry_for_s: float = 30.0,
         backoff_s: float = 0.1,
@@ -137,11 +142,15 @@ class Client:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(HELLO_DTYPES)}")
         if (dtype == "codes") != (codes is not None):
             raise ValueError("dtype codes goes with the bundle's segment codes (codes=)")
+        if (dtype == "tokens") != (tokens is not None):
+            raise ValueError("dtype tokens goes with the bundle's token wire (tokens=)")
         if buffer_frames < 1 or not retry_for_s > 0:
             raise ValueError("buffer_frames must be >= 1 and retry_for_s > 0")
         self.url, self.identity, self.dtype, self.codes = url, identity, dtype, codes
-        # Float frames speak version 1, which every server understands; codes need 2.
-        self.version = 2 if codes is not None else 1
+        self.tokens = tokens
+        # Float frames speak version 1, which every server understands; codes and tokens
+        # need 2.
+        self.version = 1 if dtype in ("fp16", "int8") else 2
         self.buffer_frames, self.retry_for_s = buffer_frames, retry_for_s
         self.backoff_s, self.max_backoff_s, self.open_timeout_s = (
             backoff_s,
@@ -202,22 +211,40 @@ class Client:
         lengths: np.ndarray,
         vectors: np.ndarray,
         *,
+        tokens: np.ndarray | None = None,
         end: bool = False,
     ) -> int:
         """Queue one frame of segments of ``utterance`` (``end``: its last); returns its seq.
+        On the token wire (dtype tokens) the frame carries the segments' ``tokens`` (their
+        ids, sum(lengths) of them) and ``vectors`` are not sent.
 
         Waits while ``buffer_frames`` frames are unacknowledged.
         """
         if utterance in self._lost:
             raise RemoteError("session_lost", f"utterance {utterance} was lost with the session")
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.identity.dim:
-            raise ValueError(f"vectors must be [S, {self.identity.dim}], got {vectors.shape}")
+        if self.tokens is None:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != self.identity.dim:
+                raise ValueError(f"vectors must be [S, {self.identity.dim}], got {vectors.shape}")
+        elif tokens is None:
+            raise ValueError("the token wire sends token ids: give tokens=")
         await self._wait_for(lambda: len(self._unacked) < self.buffer_frames)
         seq = self._seq
-        data = encode_frame(
-            seq, utterance, starts, lengths, vectors, dtype=self.dtype, end=end, codes=self.codes
-        )
+        if self.tokens is None:
+            data = encode_frame(
+                seq,
+                utterance,
+                starts,
+                lengths,
+                vectors,
+                dtype=self.dtype,
+                end=end,
+                codes=self.codes,
+            )
+        else:
+            data = encode_tokens_frame(
+                seq, utterance, starts, lengths, tokens, self.tokens.vocab_size, end=end
+            )
         if self._max_frame_bytes is not None and len(data) > self._max_frame_bytes:
             raise ValueError(
                 f"a frame of {len(data)} bytes exceeds the server's limit of "
@@ -229,7 +256,7 @@ class Client:
         if utterance not in self._open:
             self._open[utterance] = asyncio.get_running_loop().create_future()
         self.stats.frames += 1
-        self.stats.segments += len(vectors)
+        self.stats.segments += len(starts)
         self.stats.payload_bytes += len(data)
         return seq
 
@@ -355,6 +382,7 @@ class Client:
             pending=tuple(self._open)[-MAX_PENDING:],
             resume_key=self._resume_key,
             codes_sha256=self.codes.sha256 if self.codes is not None else "",
+            reader_sha256=self.tokens.sha256 if self.tokens is not None else "",
         )
         await self._write(connection, hello.to_json())
         reply = self._parse(await asyncio.wait_for(connection.recv(), self.open_timeout_s))
@@ -512,11 +540,13 @@ class RemoteDecoder:
         vectors: np.ndarray,
         final: bool = False,
         *,
+        tokens: np.ndarray | None = None,
         timeout: float | None = None,
     ) -> int:
         """``Client.send`` from this thread; returns the frame's seq."""
         return self._call(
-            self._client.send(utterance, starts, lengths, vectors, end=final), timeout
+            self._client.send(utterance, starts, lengths, vectors, tokens=tokens, end=final),
+            timeout,
         )
 
     def result(self, utterance: int, timeout: float | None = None) -> str:

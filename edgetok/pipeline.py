@@ -31,6 +31,7 @@ from edgetok.segment import segment_lengths
 from edgetok.segment_codes import SegmentCodes
 from edgetok.sinks import Sink, frames_bytes, wire_bytes
 from edgetok.stages import Transcriber
+from edgetok.token_wire import TokenWire, segment_tokens
 from edgetok.vad import CHUNK, SileroModel, VadConfig, VadEvent, VoiceDetector
 
 __all__ = ["MAX_UTTERANCE_S", "Pipeline", "PipelineStats", "TokenArrays", "Traffic", "Utterance"]
@@ -54,6 +55,9 @@ class Traffic:
     codes: int | None = None
     """The frames of its segments as the bundle's segment codes (protocol 2), where it
     has them."""
+    tokens: int | None = None
+    """The frames of its segments' token ids (protocol 2's token wire), where the bundle
+    has a token reader."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,7 @@ class Pipeline:
         self.transcriber = transcriber
         self.sink = sink
         self._codes = SegmentCodes.of_bundle(transcriber.bundle)
+        self._token_wire = TokenWire.of_bundle(transcriber.bundle)
         self.sample_rate = transcriber.sample_rate
         self.vad, self._vad_model = _capped(vad or VadConfig()), vad_model
         self.keep_tokens = keep_tokens
@@ -390,21 +395,30 @@ class Pipeline:
             source = t.pack.aggregator.source(tokens, frames)
             vectors = t.pack.aggregator(source, starts, compression.max_len)
         lengths = segment_lengths(starts, len(tokens))
+        ids = segment_tokens(tokens, starts, lengths)
         with _stopwatch(timings, self.sink.timing, self.clock):
-            handle = self.sink.submit(starts, lengths, vectors)
+            handle = self.sink.submit(starts, lengths, vectors, ids)
             text = self.sink.result(handle, self.result_timeout_s)
         done = time.monotonic()
         dim, dtype = vectors.shape[1], self.sink.dtype
         samples = round((end_s - start_s) * self.sample_rate)
+        wire = self._token_wire
         traffic = Traffic(
-            segments=wire_bytes(starts, lengths, vectors, dtype, self.sink.codes),
-            # Dense: every token's vector, in the float form (codes are per segment).
-            dense=frames_bytes(len(tokens), dim, "fp16" if dtype == "codes" else dtype),
+            segments=wire_bytes(
+                starts, lengths, vectors, dtype, self.sink.codes, tokens=ids, token_wire=wire
+            ),
+            # Dense: every token's vector, in the float form (codes and tokens: fp16).
+            dense=frames_bytes(len(tokens), dim, dtype if dtype in ("fp16", "int8") else "fp16"),
             pcm=samples * PCM_BYTES,
             codes=(
                 None
                 if self._codes is None
                 else wire_bytes(starts, lengths, vectors, "codes", self._codes)
+            ),
+            tokens=(
+                None
+                if wire is None
+                else wire_bytes(starts, lengths, vectors, "tokens", tokens=ids, token_wire=wire)
             ),
         )
         return Utterance(

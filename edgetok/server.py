@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from ssl import SSLContext
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
@@ -56,10 +56,14 @@ from edgetok.protocol import (
     ProtocolError,
     Ready,
     decode_frame,
+    decode_tokens_frame,
     parse_message,
 )
 from edgetok.scheduler import FairScheduler
 from edgetok.segment_codes import SegmentCodes
+
+if TYPE_CHECKING:
+    from edgetok.token_wire import TokenVectors
 
 __all__ = [
     "BackgroundServer",
@@ -184,6 +188,10 @@ class ServerStats:
 @dataclass(eq=False)
 class _Utterance:
     chunks: list[np.ndarray] = field(default_factory=list)
+    """Its segment vectors as they came; for the token wire, its token ids."""
+    starts: list[np.ndarray] = field(default_factory=list)
+    """The token wire: each frame's segment starts, as positions in the ids received."""
+    tokens_received: int = 0
     count: int = 0
     nbytes: int = UTTERANCE_BYTES
     """What the utterance holds: its vectors and bookkeeping."""
@@ -194,6 +202,16 @@ class _Utterance:
     decoded: int = 0
     """Segments in the last decode."""
     task: asyncio.Task[None] | None = None
+
+    def payload(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """What its decode reads: the vectors [S, D], or (token ids, segment starts)."""
+        if len(self.chunks) > 1:
+            self.chunks = [np.concatenate(self.chunks)]
+        if not self.starts:
+            return self.chunks[0]
+        if len(self.starts) > 1:
+            self.starts = [np.concatenate(self.starts)]
+        return self.chunks[0], self.starts[0]
 
     def stop(self) -> None:
         """Cancel the decode task and forget it: the cancelled task's frames refer to this
@@ -275,7 +293,7 @@ class _Session:
         """Bytes applying ``frame`` would add (0 for a duplicate)."""
         if frame.seq < self.next_seq:
             return 0
-        return frame.vectors.nbytes + (UTTERANCE_BYTES * (frame.utterance not in self.open))
+        return _held_bytes(frame) + (UTTERANCE_BYTES * (frame.utterance not in self.open))
 
     def finishing(self) -> bool:
         """Whether an ended utterance waits for its final: its bytes will be freed."""
@@ -325,10 +343,17 @@ class _Session:
             self.open[frame.utterance] = utterance
             self.account.charge(utterance.nbytes)
         if count:
-            utterance.chunks.append(frame.vectors)
+            held = _held_bytes(frame)
+            if frame.tokens is None:
+                utterance.chunks.append(frame.vectors)
+            else:  # positions in the ids received so far
+                offset = utterance.tokens_received - int(frame.starts[0])
+                utterance.chunks.append(frame.tokens)
+                utterance.starts.append(frame.starts + offset)
+                utterance.tokens_received += len(frame.tokens)
             utterance.count += count
-            utterance.nbytes += frame.vectors.nbytes
-            self.account.charge(frame.vectors.nbytes)
+            utterance.nbytes += held
+            self.account.charge(held)
             utterance.end_token = int(frame.starts[-1] + frame.lengths[-1])
         utterance.ended = frame.end
         self.next_seq += 1
@@ -352,6 +377,14 @@ class _Session:
         if self.connection is not None:
             with contextlib.suppress(ConnectionClosed):
                 await self.connection.send(message.to_json())
+
+
+def _held_bytes(frame: Frame) -> int:
+    """What a frame's segments hold on the server: their vectors, or their token ids and
+    starts (the vectors rebuilt from them live only while a decode runs)."""
+    if frame.tokens is None:
+        return frame.vectors.nbytes
+    return frame.tokens.nbytes + frame.starts.nbytes
 
 
 def _kept_bytes(message: Final | Error) -> int:
@@ -395,6 +428,7 @@ class Server:
         token: str,
         limits: Limits | None = None,
         codes: SegmentCodes | None = None,
+        tokens: TokenVectors | None = None,
     ) -> None:
         token = token.strip()  # as the client sends it and as a header is read
         if not token:
@@ -405,6 +439,8 @@ class Server:
         """The bundle's segment codes: protocol 2 clients may send codes frames."""
         if codes is not None and codes.dim != identity.dim:
             raise ValueError(f"codebooks of D = {codes.dim} for vectors of D = {identity.dim}")
+        self.tokens = tokens
+        """The bundle's token reader and aggregator: protocol 2 clients may send tokens."""
         self.limits = limits = limits or Limits()
         limits.check_dim(identity.dim)
         self.stats = ServerStats()
@@ -560,6 +596,8 @@ class Server:
             )
         if hello.dtype == "codes":
             self._check_codes(hello)
+        if hello.dtype == "tokens":
+            self._check_tokens(hello)
         if hello.session not in self._sessions:
             await self._make_room(None, SESSION_BYTES)
         session, resumed = self._attach(hello, connection)
@@ -671,18 +709,39 @@ class Server:
                 f"sent {hello.codes_sha256[:12]}: device and server bundles differ",
             )
 
+    def _check_tokens(self, hello: Hello) -> None:
+        """A tokens hello names the token reader this server rebuilds vectors with."""
+        if self.tokens is None:
+            raise ProtocolError(
+                "identity",
+                f"bundle {self.identity.bundle!r} has no token reader here; send fp16, int8 "
+                "or codes",
+            )
+        if hello.reader_sha256 != self.tokens.wire.sha256:
+            raise ProtocolError(
+                "identity",
+                f"this server's token reader is {self.tokens.wire.sha256[:12]}; the client "
+                f"sent {hello.reader_sha256[:12]}: device and server bundles differ",
+            )
+
     async def _frame(
         self, connection: ServerConnection, session: _Session, data: bytes, dtype: str
     ) -> None:
         """Decode, wait for room, apply (or skip a duplicate), acknowledge, and start
         decoding."""
-        frame = decode_frame(
-            data,
-            max_bytes=self.limits.max_frame_bytes,
-            dim=self.identity.dim,
-            dtype=dtype,
-            codes=self.codes,
-        )
+        if dtype == "tokens":
+            assert self.tokens is not None  # the hello was checked
+            frame = decode_tokens_frame(
+                data, self.tokens.wire.vocab_size, max_bytes=self.limits.max_frame_bytes
+            )
+        else:
+            frame = decode_frame(
+                data,
+                max_bytes=self.limits.max_frame_bytes,
+                dim=self.identity.dim,
+                dtype=dtype,
+                codes=self.codes,
+            )
         await self._make_room(session, session.cost(frame))
         if session.connection is not connection:  # superseded while it waited
             return
@@ -707,10 +766,8 @@ class Server:
         while True:
             count = utterance.count
             if utterance.text is None or count != utterance.decoded:
-                if len(utterance.chunks) > 1:
-                    utterance.chunks = [np.concatenate(utterance.chunks)]
                 try:
-                    text = await self._decode(session, utterance.chunks[0] if count else None)
+                    text = await self._decode(session, utterance.payload() if count else None)
                 except Exception as exc:
                     log.exception("decoding utterance %d of session %s failed", uid, session.id)
                     error = Error(code="decode_failed", message=repr(exc)[:300], utterance=uid)
@@ -730,11 +787,22 @@ class Server:
             if caught_up:
                 return
 
-    async def _decode(self, session: _Session, vectors: np.ndarray | None) -> str:
-        """``vectors`` decoded on a worker thread in ``session``'s turn."""
-        if vectors is None:
+    async def _decode(
+        self, session: _Session, payload: np.ndarray | tuple[np.ndarray, np.ndarray] | None
+    ) -> str:
+        """``payload`` (``_Utterance.payload``) decoded on a worker thread in ``session``'s
+        turn; token ids become vectors there too."""
+        if payload is None:
             return ""
-        return await self._scheduler.run(session, self.decode, vectors, weight=len(vectors))
+        if isinstance(payload, tuple):
+            return await self._scheduler.run(
+                session, self._decode_tokens, payload, weight=len(payload[1])
+            )
+        return await self._scheduler.run(session, self.decode, payload, weight=len(payload))
+
+    def _decode_tokens(self, payload: tuple[np.ndarray, np.ndarray]) -> str:
+        assert self.tokens is not None
+        return self.decode(self.tokens(*payload))
 
     async def shutdown(self) -> None:
         """Cancel running decodes (their threads finish on their own)."""
@@ -755,10 +823,12 @@ async def serve(
     limits: Limits | None = None,
     ssl: SSLContext | None = None,
     codes: SegmentCodes | None = None,
+    tokens: TokenVectors | None = None,
 ) -> AsyncIterator[Server]:
     """Serve until the block exits; yields the ``Server`` (``port`` is the bound port);
-    ``codes``: the bundle's segment codes, for protocol 2 codes frames."""
-    server = Server(decoder, identity, token=token, limits=limits, codes=codes)
+    ``codes``: the bundle's segment codes, for protocol 2 codes frames; ``tokens``: its
+    token reader and aggregator, for protocol 2 tokens frames."""
+    server = Server(decoder, identity, token=token, limits=limits, codes=codes, tokens=tokens)
     with quiet_accept(asyncio.get_running_loop()):
         async with ws_serve(
             server.handle,

@@ -7,11 +7,15 @@ Rows (``evaluate_wire``):
   server decoder as the server receives them;
 - ``codes MxK``: protocol 2 codes frames of the bundle's segment codes (its first M
   stages), decoded from the dequantized vectors;
+- ``tokens (protocol 2)``: tokens frames (docs/protocol.md): the segment
+  lengths and every token id in ceil(log2 V) bits, what a device sends with ``--wire
+  tokens``;
 - ``entropy-coded tokens``: the token ids arithmetic-coded with the entropy LM's own
   next-token probabilities (the ideal code length, +2 bytes per utterance for the coder's
   end); the segment boundaries cost nothing, since a server with the same LM recomputes
-  them. Bytes only: no server model of this kit reads v2 tokens (the v2 aggregator reads
-  encoder frames);
+  them. Scored when the bundle has a ``token_reader`` (``TokenReaderStage``): the server
+  rebuilds encoder frames from the ids, and its aggregator and decoder read them; the
+  code is lossless, so the text is that of the ids themselves;
 - ``opus N kbit/s``: the audio through libopus (``opuslib``; 16 kHz mono, 20 ms frames,
   VoIP mode), decoded, then transcribed by the original Whisper tiny.en, as ``edgetok
   eval``'s ceiling row; ``whisper (original audio)`` is that ceiling itself;
@@ -36,11 +40,17 @@ from tqdm import tqdm
 from edgetok.audio import load_audio
 from edgetok.evaluate import Score, normalize
 from edgetok.manifest import Utterance
-from edgetok.protocol import Hello, decode_frame, wire_identity, ws_message_bytes
+from edgetok.protocol import (
+    Hello,
+    decode_frame,
+    encode_tokens_frame,
+    wire_identity,
+    ws_message_bytes,
+)
 from edgetok.segment import segment_lengths
 from edgetok.segment_codes import SegmentCodes
 from edgetok.sinks import utterance_frames
-from edgetok.stages import Transcriber
+from edgetok.stages import TokenReaderStage, Transcriber
 
 __all__ = [
     "OPUS_KBPS",
@@ -52,6 +62,8 @@ __all__ = [
     "token_bits",
 ]
 
+PACKED_TOKENS_ROW = "tokens (protocol 2)"
+TOKENS_ROW = "entropy-coded tokens"
 #: The Opus bit rates of the comparison rows, kbit/s.
 OPUS_KBPS = (6, 12)
 _OPUS_FRAME_S = 0.02
@@ -156,9 +168,13 @@ def evaluate_wire(
     code_stages: Sequence[int] | None = None,
     opus_kbps: Sequence[int] = OPUS_KBPS,
     whisper: Callable[[np.ndarray], str] | None = None,
+    reader: TokenReaderStage | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Every row's bytes/s and WER on ``utterances`` (see the module docstring).
+
+    ``reader``: the bundle's token reader, which scores the token row (default: the
+    bundle's, opened with default session options, when it has one).
 
     ``code_stages``: the prefixes of the bundle's segment codes to score (default: all
     its stages); ``whisper`` (audio -> normalised text): the server-side recognizer of
@@ -174,13 +190,14 @@ def evaluate_wire(
         raise ValueError(f"bundle {bundle.meta.name!r} has no segment codes")
     codes = {m: full.prefix(m) for m in stages} if full is not None else {}
 
-    def hello(version: int, dtype: str, codes_sha256: str = "") -> int:
+    def hello(version: int, dtype: str, sha256: str = "") -> int:
         message = Hello(
             version=version,
             session="x" * 32,
             seq=0,
             dtype=dtype,
-            codes_sha256=codes_sha256,
+            codes_sha256=sha256 if dtype == "codes" else "",
+            reader_sha256=sha256 if dtype == "tokens" else "",
             **vars(identity),
         )
         return ws_message_bytes(len(message.to_json()))
@@ -190,11 +207,16 @@ def evaluate_wire(
     for m, code in codes.items():
         name = f"codes {code.size}x{m} (protocol 2)"
         table.add(name, hello_bytes=hello(2, "codes", full.sha256), score=Score())
-    table.add(
-        "entropy-coded tokens",
-        hello_bytes=hello(2, "codes", "0" * 64),
-        note="bytes only: no server model reads v2 tokens",
-    )
+    reader = reader or TokenReaderStage.from_bundle(bundle)
+    reader_entry = bundle.models.get("token_reader")
+    token_hello = hello(2, "tokens", reader_entry.sha256 if reader_entry else "0" * 64)
+    for name in (PACKED_TOKENS_ROW, TOKENS_ROW):
+        table.add(
+            name,
+            hello_bytes=token_hello,
+            score=Score() if reader is not None else None,
+            note="" if reader is not None else "bytes only: this bundle has no token_reader",
+        )
     opus = {kbps: OpusCodec(kbps, transcriber.sample_rate) for kbps in opus_kbps} if whisper else {}
     for kbps in opus:
         table.add(f"opus {kbps} kbit/s + whisper tiny.en", score=Score())
@@ -240,7 +262,18 @@ def evaluate_wire(
         # then the arithmetic code.
         coded = int(np.ceil(token_bits(transcriber, encoded.tokens) / 8)) + 2
         header = 2 + _varint_bytes(seq) + _varint_bytes(index) + _varint_bytes(len(starts))
-        rows["entropy-coded tokens"].add(ws_message_bytes(header + coded))
+        scored = None
+        if reader is not None:  # both token rows carry the ids exactly: one text
+            pack = transcriber.pack
+            rebuilt = reader.vectors(
+                encoded.tokens, starts, pack.aggregator, pack.compression.max_len
+            )
+            scored = (reference, decoder(rebuilt), duration)
+        packed = encode_tokens_frame(
+            seq, index, starts, lengths, encoded.tokens, bundle.tokens.vocab_size, end=True
+        )
+        rows[PACKED_TOKENS_ROW].add(ws_message_bytes(len(packed)), scored)
+        rows[TOKENS_ROW].add(ws_message_bytes(header + coded), scored)
         pcm = ws_message_bytes(len(audio) * PCM_BYTES)
         rows["raw PCM (16-bit)"].add(pcm)
         if whisper is None:

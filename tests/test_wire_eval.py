@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from edgetok.audio import load_audio
 from edgetok.bundle import SegmentCodesSection, load_bundle, sha256_file, write_bundle
 from edgetok.cli import main
-from edgetok.protocol import encode_frame, ws_message_bytes
+from edgetok.protocol import encode_frame, encode_tokens_frame, ws_message_bytes
 from edgetok.segment_codes import SegmentCodes
 from edgetok.stages import Transcriber
 from edgetok.wire_eval import OpusCodec
@@ -64,6 +64,7 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
     assert list(rows) == [
         "float segments (fp16, protocol 1)",
         "codes 256x2 (protocol 2)",
+        "tokens (protocol 2)",
         "entropy-coded tokens",
         "raw PCM (16-bit)",
     ]
@@ -71,7 +72,7 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
     bundle = load_bundle(coded_bundle)
     codes = SegmentCodes.of_bundle(bundle)
     transcriber = Transcriber(bundle, beam=1)
-    sent = samples = 0
+    sent = samples = token_sent = 0
     for index, line in enumerate(manifest.read_text().splitlines()):
         audio = load_audio(json.loads(line)["path"], 16000)
         samples += len(audio)
@@ -81,6 +82,10 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
             index, index, clip.starts, lengths, clip.vectors, dtype="codes", codes=codes, end=True
         )
         sent += ws_message_bytes(len(frame))
+        token_frame = encode_tokens_frame(
+            index, index, clip.starts, lengths, clip.tokens, bundle.tokens.vocab_size, end=True
+        )
+        token_sent += ws_message_bytes(len(token_frame))
     assert rows["codes 256x2 (protocol 2)"]["bytes"] == sent
     assert rows["raw PCM (16-bit)"]["bytes"] == sum(
         ws_message_bytes(2 * len(load_audio(json.loads(line)["path"], 16000)))
@@ -91,7 +96,10 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
     assert rows["codes 256x2 (protocol 2)"]["bytes_per_s"] < floats["bytes_per_s"]
     for name in ("float segments (fp16, protocol 1)", "codes 256x2 (protocol 2)"):
         assert rows[name]["wer"] is not None and rows[name]["wer"] >= 0
+    # A bundle without a token_reader: the token rows count bytes only.
     assert rows["entropy-coded tokens"]["wer"] is None
+    assert rows["tokens (protocol 2)"]["wer"] is None
+    assert rows["tokens (protocol 2)"]["bytes"] == token_sent
     # The hello is paid once a session, or once an utterance at worst.
     codes_row = rows["codes 256x2 (protocol 2)"]
     assert codes_row["bytes_per_s_hello_each"] > codes_row["bytes_per_s"]

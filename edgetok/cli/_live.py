@@ -28,11 +28,12 @@ def server_options(f: F) -> F:
     ``--retry-for``, ``--wire``, ``--local``."""
     f = click.option(
         "--wire",
-        type=click.Choice(["codes", "fp16", "int8"]),
+        type=click.Choice(["codes", "fp16", "int8", "tokens"]),
         default=None,
         help="How segments travel to --server (and into --jsonl): fp16 vectors (the "
-        "default; protocol 1, any server), int8, or the bundle's segment codes (protocol "
-        "2: about 85 B/s instead of 12 kB/s, at a WER cost: docs/architecture.md).",
+        "default; protocol 1, any server), int8, or protocol 2: the bundle's segment codes "
+        "or the segments' token ids (tokens, read by the server's token reader), each "
+        "under 100 B/s instead of 12 kB/s, at a WER cost: docs/architecture.md.",
     )(f)
     f = click.option(
         "--local",
@@ -164,7 +165,7 @@ def utterance_line(u: Utterance) -> str:
 
 def traffic_rows(utterances: Iterable[Utterance]) -> list[tuple[str, int, float]]:
     """(what, bytes, bytes per second of speech) for segments as sent, dense tokens, PCM
-    and, where the bundle has them, segment codes."""
+    and, where the bundle has them, segment codes and the token wire."""
     items = list(utterances)
     seconds = sum(u.duration_s for u in items)
     rows = []
@@ -173,9 +174,10 @@ def traffic_rows(utterances: Iterable[Utterance]) -> list[tuple[str, int, float]
         ("dense tokens", "dense"),
         ("raw PCM (16-bit)", "pcm"),
         ("segment codes (--wire codes)", "codes"),
+        ("token ids (--wire tokens)", "tokens"),
     ):
         counts = [getattr(u.traffic, attr) for u in items]
-        if items and None in counts:  # a bundle without segment codes
+        if items and None in counts:  # a bundle without segment codes or token reader
             continue
         total = sum(counts)
         rows.append((name, total, total / seconds if seconds else 0.0))

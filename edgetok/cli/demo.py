@@ -66,6 +66,7 @@ def command(
     from edgetok.server import start_server
     from edgetok.sinks import RemoteSink, wire_format
     from edgetok.stages import server_decoder
+    from edgetok.token_wire import TokenVectors
 
     transcriber = open_transcriber(bundle_path, threads, beam, local=False)
     bundle = transcriber.bundle
@@ -82,9 +83,11 @@ def command(
     with bundle_errors(bundle):
         decoder = server_decoder(bundle, beam=beam)
     say = (lambda _text: None) if as_json else click.echo
-    wire = wire_format(bundle)  # fp16; the traffic table shows the segment codes' bytes too
-    codes = SegmentCodes.of_bundle(bundle)
-    with start_server(decoder, wire_identity(bundle), token=token, codes=codes) as server:
+    # fp16; the traffic table shows what the segment codes and token ids would cost too
+    wire = wire_format(bundle)
+    codes, tokens = SegmentCodes.of_bundle(bundle), TokenVectors.of_bundle(bundle)
+    identity = wire_identity(bundle)
+    with start_server(decoder, identity, token=token, codes=codes, tokens=tokens) as server:
         url = f"ws://127.0.0.1:{server.port}/"
         sink = RemoteSink(url, token, wire_identity(bundle), **wire)
         say(

@@ -364,6 +364,7 @@ def _eval_wire(
     """``edgetok eval --wire``: one table (or JSON), and the plot when asked."""
     from edgetok import evaluate as ev
     from edgetok import wire_eval
+    from edgetok.stages import TokenReaderStage
 
     try:
         stages = [int(m) for m in code_stages.split(",")] if code_stages else None
@@ -378,6 +379,7 @@ def _eval_wire(
             transcriber,
             code_stages=stages,
             whisper=next(iter(recognizer.values()), None),
+            reader=TokenReaderStage.from_bundle(transcriber.bundle, session_options(threads)),
             progress=True,
         )
     except (ValueError, RuntimeError) as exc:

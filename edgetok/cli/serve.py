@@ -148,6 +148,7 @@ def command(
     from edgetok.segment_codes import SegmentCodes
     from edgetok.server import Limits, serve
     from edgetok.stages import server_decoder
+    from edgetok.token_wire import TokenVectors
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -170,6 +171,7 @@ def command(
         heap.trim()  # what loading the models freed
         identity = wire_identity(loaded)
         codes = SegmentCodes.of_bundle(loaded)  # protocol 2 clients send these
+        tokens = TokenVectors.of_bundle(loaded)  # or their token ids
         longest = max_utterance_segments(loaded)
         limits = Limits(
             max_connections=max_connections,
@@ -211,9 +213,11 @@ def command(
             with contextlib.suppress(NotImplementedError):  # Windows
                 loop.add_signal_handler(signum, stop.set)
         options = {"token": token, "host": host, "port": port, "limits": limits, "ssl": context}
-        async with serve(decoder, identity, codes=codes, **options) as server:
+        async with serve(decoder, identity, codes=codes, tokens=tokens, **options) as server:
             scheme = "wss" if context else "ws"
             coded = f", segment codes {codes.sha256[:12]}" if codes is not None else ""
+            if tokens is not None:
+                coded += f", token reader {tokens.wire.sha256[:12]}"
             click.echo(
                 f"serving bundle {identity.bundle!r} (aggregator "
                 f"{identity.aggregator_sha256[:12]}, dim {identity.dim}{coded}) on "
