@@ -342,6 +342,13 @@ class _Session:
         if frame.utterance not in self.open:
             self.open[frame.utterance] = utterance
             self.account.charge(utterance.nbytes)
+        if count and utterance.count and (frame.tokens is None) != (not utterance.starts):
+            raise ProtocolError(
+                "bad_frame",
+                f"utterance {frame.utterance} began with "
+                f"{'token ids' if utterance.starts else 'vectors'}; a {frame.dtype} frame "
+                "cannot continue it",
+            )
         if count:
             held = _held_bytes(frame)
             if frame.tokens is None:
