@@ -81,6 +81,7 @@ __all__ = [
     "encode_tokens_frame",
     "frame_bytes",
     "max_utterance_segments",
+    "max_utterance_tokens",
     "parse_message",
     "token_bits",
     "wire_identity",
@@ -642,13 +643,17 @@ def wire_identity(bundle: Bundle) -> Identity:
     return Identity(bundle=bundle.meta.name, aggregator_sha256=sha256, dim=dim)
 
 
+def max_utterance_tokens(bundle: Bundle) -> int:
+    """The most tokens one utterance of ``bundle`` can have: ``MAX_UTTERANCE_S`` at its
+    token rate, one more for the frame at the edge. A token-wire server refuses more."""
+    return math.ceil(MAX_UTTERANCE_S * bundle.tokens.rate_hz) + 1
+
+
 def max_utterance_segments(bundle: Bundle) -> int:
-    """The most segments one utterance of ``bundle`` can have: the tokens of
-    ``MAX_UTTERANCE_S`` at its token rate (one more: the frame at the edge), cut by its
-    segmenter into segments of at least ``min_len`` tokens. A server for ``bundle``
-    refuses more."""
-    tokens = math.ceil(MAX_UTTERANCE_S * bundle.tokens.rate_hz) + 1
-    return math.ceil(tokens / bundle.segmenter.min_len)
+    """The most segments one utterance of ``bundle`` can have: its most tokens
+    (``max_utterance_tokens``) cut by its segmenter into segments of at least ``min_len``
+    tokens. A server for ``bundle`` refuses more."""
+    return math.ceil(max_utterance_tokens(bundle) / bundle.segmenter.min_len)
 
 
 @dataclass(frozen=True, kw_only=True)

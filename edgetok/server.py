@@ -741,6 +741,9 @@ class Server:
             frame = decode_tokens_frame(
                 data, self.tokens.wire.vocab_size, max_bytes=self.limits.max_frame_bytes
             )
+            if frame.seq >= session.next_seq:  # not a resent duplicate
+                under_way = session.open.get(frame.utterance)
+                self.tokens.check(frame, under_way.tokens_received if under_way else 0)
         else:
             frame = decode_frame(
                 data,

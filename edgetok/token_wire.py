@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetok.bundle import Bundle
+from edgetok.protocol import Frame, ProtocolError, max_utterance_tokens
 from edgetok.runtime import SessionOptions
 from edgetok.stages import AggregatorStage, TokenReaderStage, bundle_compression
 
@@ -53,9 +54,34 @@ class TokenVectors:
     those ids) -> the segment vectors float32 [S, D] its decoder reads."""
 
     def __init__(
-        self, wire: TokenWire, reader: TokenReaderStage, aggregator: AggregatorStage, max_len: int
+        self,
+        wire: TokenWire,
+        reader: TokenReaderStage,
+        aggregator: AggregatorStage,
+        max_len: int,
+        max_tokens: int,
     ) -> None:
-        self.wire, self.reader, self.aggregator, self.max_len = wire, reader, aggregator, max_len
+        self.wire, self.reader, self.aggregator = wire, reader, aggregator
+        self.max_len = max_len
+        """The longest segment, in tokens (the aggregator's)."""
+        self.max_tokens = max_tokens
+        """The most tokens of one utterance (``protocol.max_utterance_tokens``): the
+        reader attends over all of them at once."""
+
+    def check(self, frame: Frame, received: int) -> None:
+        """Refuse a tokens frame whose segments the aggregator cannot take, or that would
+        give its utterance (``received`` ids so far) more ids than one utterance has."""
+        if len(frame.lengths) and int(frame.lengths.max()) > self.max_len:
+            raise ProtocolError(
+                "bad_frame",
+                f"a segment of {int(frame.lengths.max())} tokens; this bundle's are at most "
+                f"{self.max_len}",
+            )
+        if frame.tokens is not None and received + len(frame.tokens) > self.max_tokens:
+            raise ProtocolError(
+                "limit_exceeded",
+                f"utterance {frame.utterance} longer than {self.max_tokens} tokens",
+            )
 
     @classmethod
     def of_bundle(
@@ -67,7 +93,8 @@ class TokenVectors:
         if wire is None or reader is None:
             return None
         aggregator = AggregatorStage(bundle.open("aggregator", options=options))
-        return cls(wire, reader, aggregator, bundle_compression(bundle).max_len)
+        max_len = bundle_compression(bundle).max_len
+        return cls(wire, reader, aggregator, max_len, max_utterance_tokens(bundle))
 
     def __call__(self, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
         return self.reader.vectors(tokens, starts, self.aggregator, self.max_len)
