@@ -322,8 +322,9 @@ def decode_frame(
         if dim is not None and codes.dim != dim:
             raise ValueError(f"codebooks of D = {codes.dim} for vectors of D = {dim}")
         return _decode_codes_frame(data, codes)
-    if size and data[0] == CODES_TAG:
-        raise ProtocolError("bad_frame", f"a codes frame, but the hello said {dtype}")
+    if size and data[0] in (CODES_TAG, TOKENS_TAG):
+        kind = "codes" if data[0] == CODES_TAG else "tokens"
+        raise ProtocolError("bad_frame", f"a {kind} frame, but the hello said {dtype}")
     if size < HEADER_BYTES:
         raise ProtocolError("bad_frame", f"frame of {size} bytes; the header is {HEADER_BYTES}")
     magic, version, flags, code, reserved, seq, utterance, count, width = _HEADER.unpack_from(data)
@@ -393,12 +394,12 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(data: bytes, offset: int, name: str) -> tuple[int, int]:
-    """A minimal LEB128 u32 at ``offset``: (value, next offset)."""
+def _read_varint(data: bytes, offset: int, name: str, what: str) -> tuple[int, int]:
+    """A minimal LEB128 u32 at ``offset`` of a ``what`` frame: (value, next offset)."""
     value = 0
     for i in range(5):
         if offset + i >= len(data):
-            raise ProtocolError("bad_frame", f"codes frame ends inside {name}")
+            raise ProtocolError("bad_frame", f"{what} frame ends inside {name}")
         byte = data[offset + i]
         value |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
@@ -472,16 +473,16 @@ def _decode_varint_frame(
     if flags & 0x0E:
         raise ProtocolError("bad_frame", f"unknown flags {flags:#04x}")
     end, width = bool(flags & 1), (flags >> 4) + 1
-    seq, offset = _read_varint(data, 2, "seq")
-    utterance, offset = _read_varint(data, offset, "utterance")
-    count, offset = _read_varint(data, offset, "count")
+    seq, offset = _read_varint(data, 2, "seq", what)
+    utterance, offset = _read_varint(data, offset, "utterance", what)
+    count, offset = _read_varint(data, offset, "count", what)
     if count > MAX_SEGMENTS:
         raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
     if count == 0 and not end:
         raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
     start = 0
     if count:
-        start, offset = _read_varint(data, offset, "start")
+        start, offset = _read_varint(data, offset, "start", what)
     bit_array = np.unpackbits(np.frombuffer(data, np.uint8, offset=offset), bitorder="little")
     if len(bit_array) < count * width:
         raise ProtocolError("bad_frame", f"{what} frame ends inside its {count} lengths")

@@ -12,7 +12,9 @@ restarted by Ray; ``RayDecoder`` sends its requests again (decoding is pure), so
 utterance is lost. Ray is the ``serve`` extra and never part of the device install.
 
 In v2 bundles the aggregator runs on the device: a server receives segment vectors, so
-the decoder is the only deployment.
+the decoder is the only deployment. On the token wire the front rebuilds the vectors
+itself (the bundle's token reader and aggregator, a few ms an utterance) before it sends
+them to the deployment.
 """
 
 from __future__ import annotations

@@ -342,6 +342,12 @@ class _Session:
         if frame.utterance not in self.open:
             self.open[frame.utterance] = utterance
             self.account.charge(utterance.nbytes)
+        if count and frame.tokens is not None and int(frame.starts[0]) != utterance.end_token:
+            raise ProtocolError(
+                "sequence",
+                f"utterance {frame.utterance}: token ids must go on at token "
+                f"{utterance.end_token}, not {int(frame.starts[0])}",
+            )
         if count and utterance.count and (frame.tokens is None) != (not utterance.starts):
             raise ProtocolError(
                 "bad_frame",

@@ -51,6 +51,7 @@ from edgetok.segment import segment_lengths
 from edgetok.segment_codes import SegmentCodes
 from edgetok.sinks import utterance_frames
 from edgetok.stages import TokenReaderStage, Transcriber
+from edgetok.token_wire import TokenWire
 
 __all__ = [
     "OPUS_KBPS",
@@ -208,8 +209,8 @@ def evaluate_wire(
         name = f"codes {code.size}x{m} (protocol 2)"
         table.add(name, hello_bytes=hello(2, "codes", full.sha256), score=Score())
     reader = reader or TokenReaderStage.from_bundle(bundle)
-    reader_entry = bundle.models.get("token_reader")
-    token_hello = hello(2, "tokens", reader_entry.sha256 if reader_entry else "0" * 64)
+    token_wire = TokenWire.of_bundle(bundle)
+    token_hello = hello(2, "tokens", token_wire.sha256 if token_wire else "0" * 64)
     for name in (PACKED_TOKENS_ROW, TOKENS_ROW):
         table.add(
             name,

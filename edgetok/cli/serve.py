@@ -171,7 +171,7 @@ def command(
         heap.trim()  # what loading the models freed
         identity = wire_identity(loaded)
         codes = SegmentCodes.of_bundle(loaded)  # protocol 2 clients send these
-        tokens = TokenVectors.of_bundle(loaded)  # or their token ids
+        tokens = TokenVectors.of_bundle(loaded, _reader_options(loaded))  # or token ids
         longest = max_utterance_segments(loaded)
         limits = Limits(
             max_connections=max_connections,
@@ -271,6 +271,15 @@ def _lean(bundle: Bundle) -> SessionOptions | None:
     if backends == {"onnxruntime"}:
         return SessionOptions(extra={"memory_pattern": False})
     return None
+
+
+def _reader_options(bundle: Bundle) -> SessionOptions:
+    """The token reader and its aggregator: one thread each run (the decode threads run
+    several at once), and no memory patterns (every utterance has its own length)."""
+    from edgetok.runtime import SessionOptions
+
+    backend = bundle.models["token_reader"].backend if "token_reader" in bundle.models else ""
+    return SessionOptions(extra={"memory_pattern": False} if backend == "onnxruntime" else {})
 
 
 def _is_loopback(host: str) -> bool:
