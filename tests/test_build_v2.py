@@ -24,7 +24,7 @@ pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quan
 
 Build = Callable[..., tuple[int, str, Path]]
 DEVICE = ("tokenizer", "entropy_lm", "aggregator")
-SERVER = ("decoder_context", "decoder_step")
+SERVER = ("decoder_context", "decoder_step", "token_reader")
 #: (espeak-ng voice, text): calibration audio, then the held-out set parity is measured
 #: on. On these the real bundle's INT8 builds (4 calibration utterances) change no word
 #: and keep boundary F1 at 1.0, well inside the thresholds.
