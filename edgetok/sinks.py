@@ -63,11 +63,7 @@ def _slices(count: int) -> list[slice]:
 def _token_slices(lengths: np.ndarray, parts: list[slice]) -> list[slice]:
     """Each frame's token ids: the ids of its segments (contiguous), by position."""
     ends = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
-    out = []
-    for part in parts:
-        first, last = part.start, min(part.stop, len(lengths))
-        out.append(slice(int(ends[first]), int(ends[last]) if last > first else int(ends[first])))
-    return out
+    return [slice(int(ends[part.start]), int(ends[min(part.stop, len(lengths))])) for part in parts]
 
 
 def utterance_frames(
