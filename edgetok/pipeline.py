@@ -403,23 +403,31 @@ class Pipeline:
         dim, dtype = vectors.shape[1], self.sink.dtype
         samples = round((end_s - start_s) * self.sample_rate)
         wire = self._token_wire
+        # Each wire's frames are encoded once: the sink's own row reuses its count.
+        codes = (
+            None
+            if self._codes is None
+            else wire_bytes(starts, lengths, vectors, "codes", self._codes)
+        )
+        token_ids = (
+            None
+            if wire is None
+            else wire_bytes(starts, lengths, vectors, "tokens", tokens=ids, token_wire=wire)
+        )
+        sent = {"codes": codes, "tokens": token_ids}.get(dtype)
         traffic = Traffic(
-            segments=wire_bytes(
-                starts, lengths, vectors, dtype, self.sink.codes, tokens=ids, token_wire=wire
+            segments=(
+                sent
+                if sent is not None
+                else wire_bytes(
+                    starts, lengths, vectors, dtype, self.sink.codes, tokens=ids, token_wire=wire
+                )
             ),
             # Dense: every token's vector, in the float form (codes and tokens: fp16).
             dense=frames_bytes(len(tokens), dim, dtype if dtype in ("fp16", "int8") else "fp16"),
             pcm=samples * PCM_BYTES,
-            codes=(
-                None
-                if self._codes is None
-                else wire_bytes(starts, lengths, vectors, "codes", self._codes)
-            ),
-            tokens=(
-                None
-                if wire is None
-                else wire_bytes(starts, lengths, vectors, "tokens", tokens=ids, token_wire=wire)
-            ),
+            codes=codes,
+            tokens=token_ids,
         )
         return Utterance(
             index=index,

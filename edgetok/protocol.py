@@ -203,6 +203,25 @@ def _check_segments(starts: np.ndarray, lengths: np.ndarray) -> None:
         )
 
 
+def _segment_arrays(
+    seq: int, utterance: int, starts: np.ndarray, lengths: np.ndarray, end: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """What every frame encoder checks first: u32 ids, as many starts as lengths, at most
+    ``MAX_SEGMENTS`` segments, none only with END; starts and lengths as int64."""
+    for name, value in (("seq", seq), ("utterance", utterance)):
+        if not 0 <= value < _U32:
+            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if len(starts) != len(lengths):
+        raise ProtocolError("bad_frame", f"{len(starts)} starts, {len(lengths)} lengths")
+    if len(starts) > MAX_SEGMENTS:
+        raise ProtocolError("bad_frame", f"{len(starts)} segments; at most {MAX_SEGMENTS} a frame")
+    if not len(starts) and not end:
+        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    return starts, lengths
+
+
 def _frame_arrays(
     seq: int,
     utterance: int,
@@ -212,29 +231,17 @@ def _frame_arrays(
     end: bool,
     dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What every frame encoder checks first: u32 ids, vectors [S, D] (D = ``dim`` when
-    given, else 1..MAX_DIM), as many starts and lengths as vectors, at most
-    ``MAX_SEGMENTS``, none only with END; the arrays as int64, int64, float32."""
-    for name, value in (("seq", seq), ("utterance", utterance)):
-        if not 0 <= value < _U32:
-            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
+    """``_segment_arrays``, and vectors [S, D] (D = ``dim`` when given, else 1..MAX_DIM),
+    one a segment; the arrays as int64, int64, float32."""
+    starts, lengths = _segment_arrays(seq, utterance, starts, lengths, end)
     vectors = np.asarray(vectors, dtype=np.float32)
-    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     if dim is not None:
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise ProtocolError("bad_frame", f"vectors must be [S, {dim}] for these codes")
     elif vectors.ndim != 2 or not 0 < vectors.shape[1] <= MAX_DIM:
         raise ProtocolError("bad_frame", f"vectors must be [S, D] with 0 < D <= {MAX_DIM}")
-    count = len(vectors)
-    if not len(starts) == len(lengths) == count:
-        raise ProtocolError(
-            "bad_frame", f"{len(starts)} starts, {len(lengths)} lengths, {count} vectors"
-        )
-    if count > MAX_SEGMENTS:
-        raise ProtocolError("bad_frame", f"{count} segments; at most {MAX_SEGMENTS} a frame")
-    if count == 0 and not end:
-        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
+    if len(vectors) != len(starts):
+        raise ProtocolError("bad_frame", f"{len(starts)} segments, {len(vectors)} vectors")
     return starts, lengths, vectors
 
 
@@ -566,18 +573,8 @@ def encode_tokens_frame(
     from edgetok.segment_codes import bits_of
 
     bits = token_bits(vocab_size)
-    for name, value in (("seq", seq), ("utterance", utterance)):
-        if not 0 <= value < _U32:
-            raise ProtocolError("bad_frame", f"{name} {value} is not a u32")
-    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    starts, lengths = _segment_arrays(seq, utterance, starts, lengths, end)
     tokens = np.asarray(tokens).reshape(-1)
-    if len(starts) != len(lengths):
-        raise ProtocolError("bad_frame", f"{len(starts)} starts, {len(lengths)} lengths")
-    if len(starts) > MAX_SEGMENTS:
-        raise ProtocolError("bad_frame", f"{len(starts)} segments; at most {MAX_SEGMENTS} a frame")
-    if not len(starts) and not end:
-        raise ProtocolError("bad_frame", "a frame without segments must end the utterance")
     _check_contiguous(starts, lengths, "tokens")
     if len(tokens) != int(lengths.sum()):
         raise ProtocolError(
