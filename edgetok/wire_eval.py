@@ -11,11 +11,15 @@ Rows (``evaluate_wire``):
   lengths and every token id in ceil(log2 V) bits, what a device sends with ``--wire
   tokens``;
 - ``entropy-coded tokens``: the token ids arithmetic-coded with the entropy LM's own
-  next-token probabilities (the ideal code length, +2 bytes per utterance for the coder's
-  end); the segment boundaries cost nothing, since a server with the same LM recomputes
-  them. Scored when the bundle has a ``token_reader`` (``TokenReaderStage``): the server
-  rebuilds encoder frames from the ids, and its aggregator and decoder read them; the
-  code is lossless, so the text is that of the ids themselves;
+  next-token probabilities (``edgetok.arithmetic_code``; each code decoded again and
+  checked), after a codes frame's header with the count of ids; the segment boundaries
+  cost nothing, since a server with the same LM recomputes them. An eval row, not a
+  protocol dtype: a server would rebuild each position's frequencies from the ids it
+  has decoded (the LM is causal), and the floor of a probability may flip between two
+  runtimes' floats, so both sides would need one bit-exact LM. Scored when the bundle
+  has a ``token_reader`` (``TokenReaderStage``): the server rebuilds encoder frames from
+  the ids, and its aggregator and decoder read them; the code is lossless, so the text
+  is that of the ids themselves;
 - ``opus N kbit/s``: the audio through libopus (``opuslib``; 16 kHz mono, 20 ms frames,
   VoIP mode), decoded, then transcribed by the original Whisper tiny.en, as ``edgetok
   eval``'s ceiling row; ``whisper (original audio)`` is that ceiling itself;
@@ -37,6 +41,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from edgetok import arithmetic_code
+from edgetok.arithmetic_code import frequencies, ideal_bits
 from edgetok.audio import load_audio
 from edgetok.evaluate import Score, normalize
 from edgetok.manifest import Utterance
@@ -61,6 +67,8 @@ __all__ = [
     "format_wire",
     "plot_wire",
     "token_bits",
+    "token_code",
+    "token_frequencies",
 ]
 
 PACKED_TOKENS_ROW = "tokens (protocol 2)"
@@ -141,17 +149,31 @@ def _varint_bytes(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
-def token_bits(transcriber: Transcriber, tokens: np.ndarray) -> float:
-    """Bits of ``tokens`` under the entropy LM's own probabilities: its logits at t are
-    p(token t | tokens before t), BOS prepended inside the model."""
+def token_frequencies(transcriber: Transcriber, tokens: np.ndarray) -> np.ndarray:
+    """The arithmetic coder's integer frequencies int64 [T, V] of ``tokens`` [T]: the
+    entropy LM's own p(token t | tokens before t) (its logits at t; BOS prepended inside
+    the model)."""
+    vocab = transcriber.bundle.tokens.vocab_size
     if len(tokens) == 0:
-        return 0.0
+        return np.ones((0, vocab), np.int64)
     session = transcriber.entropy.session
-    logits = session.run({"tokens": tokens[None].astype(np.int64)})["logits"][0]
-    logits = logits.astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return float(-log_p[np.arange(len(tokens)), tokens].sum() / np.log(2))
+    return frequencies(session.run({"tokens": tokens[None].astype(np.int64)})["logits"][0])
+
+
+def token_bits(transcriber: Transcriber, tokens: np.ndarray) -> float:
+    """The ideal code length in bits of ``tokens`` under the entropy LM's probabilities."""
+    return ideal_bits(tokens, token_frequencies(transcriber, tokens))
+
+
+def token_code(transcriber: Transcriber, tokens: np.ndarray) -> tuple[bytes, float]:
+    """(the arithmetic code of ``tokens`` under the entropy LM's probabilities, its ideal
+    length in bits). The code is decoded again and checked: ``RuntimeError`` if it does
+    not give back ``tokens``."""
+    freqs = token_frequencies(transcriber, tokens)
+    code = arithmetic_code.encode(tokens, freqs)
+    if not np.array_equal(arithmetic_code.decode(code, freqs), tokens):
+        raise RuntimeError(f"the arithmetic code of {len(tokens)} token ids did not decode")
+    return code, ideal_bits(tokens, freqs)
 
 
 @dataclass
@@ -227,7 +249,7 @@ def evaluate_wire(
     rows = table.rows
 
     audio_s, segments, tokens = 0.0, 0, 0
-    seq = 0
+    seq, coded_bits, ideal_bits_sum = 0, 0, 0.0
     for index, utt in enumerate(tqdm(utterances, desc="eval --wire", disable=not progress)):
         audio = load_audio(utt.path, transcriber.sample_rate)
         reference = normalize(utt.text)
@@ -259,10 +281,12 @@ def evaluate_wire(
             name = f"codes {code.size}x{m} (protocol 2)"
             rows[name].add(sent(frames), (reference, text, duration))
         seq += len(floats)
-        # The token stream: a codes frame's header (tag, flags, seq, utterance, count),
-        # then the arithmetic code.
-        coded = int(np.ceil(token_bits(transcriber, encoded.tokens) / 8)) + 2
-        header = 2 + _varint_bytes(seq) + _varint_bytes(index) + _varint_bytes(len(starts))
+        # The token stream: a codes frame's header (tag, flags, seq, utterance, and the
+        # count of token ids), then their arithmetic code.
+        code, ideal = token_code(transcriber, encoded.tokens)
+        coded_bits += 8 * len(code)
+        ideal_bits_sum += ideal
+        header = 2 + _varint_bytes(seq) + _varint_bytes(index) + _varint_bytes(len(encoded.tokens))
         scored = None
         if reader is not None:  # both token rows carry the ids exactly: one text
             pack = transcriber.pack
@@ -274,7 +298,7 @@ def evaluate_wire(
             seq, index, starts, lengths, encoded.tokens, bundle.tokens.vocab_size, end=True
         )
         rows[PACKED_TOKENS_ROW].add(ws_message_bytes(len(packed)), scored)
-        rows[TOKENS_ROW].add(ws_message_bytes(header + coded), scored)
+        rows[TOKENS_ROW].add(ws_message_bytes(header + len(code)), scored)
         pcm = ws_message_bytes(len(audio) * PCM_BYTES)
         rows["raw PCM (16-bit)"].add(pcm)
         if whisper is None:
@@ -287,6 +311,11 @@ def evaluate_wire(
             )
         rows["whisper tiny.en (original audio)"].add(pcm, (reference, whisper(audio), duration))
     count = len(utterances)
+    if tokens:
+        rows[TOKENS_ROW].note = (
+            f"{coded_bits / tokens:.2f} bits a token; ideal code {ideal_bits_sum / tokens:.2f}"
+            + (f"; {rows[TOKENS_ROW].note}" if rows[TOKENS_ROW].note else "")
+        )
     return {
         "utterances": count,
         "audio_s": audio_s,

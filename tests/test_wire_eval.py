@@ -18,7 +18,7 @@ from edgetok.cli import main
 from edgetok.protocol import encode_frame, encode_tokens_frame, ws_message_bytes
 from edgetok.segment_codes import SegmentCodes
 from edgetok.stages import Transcriber
-from edgetok.wire_eval import OpusCodec
+from edgetok.wire_eval import OpusCodec, token_bits, token_code
 
 pytest.importorskip("jiwer")
 
@@ -72,7 +72,8 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
     bundle = load_bundle(coded_bundle)
     codes = SegmentCodes.of_bundle(bundle)
     transcriber = Transcriber(bundle, beam=1)
-    sent = samples = token_sent = 0
+    sent = samples = token_sent = coded_sent = 0
+    ideal = 0.0
     for index, line in enumerate(manifest.read_text().splitlines()):
         audio = load_audio(json.loads(line)["path"], 16000)
         samples += len(audio)
@@ -86,6 +87,13 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
             index, index, clip.starts, lengths, clip.tokens, bundle.tokens.vocab_size, end=True
         )
         token_sent += ws_message_bytes(len(token_frame))
+        # The arithmetic code: header (tag, flags, seq, utterance, id count), then the code.
+        code, bits = token_code(transcriber, clip.tokens)
+        assert bits == pytest.approx(token_bits(transcriber, clip.tokens))
+        ideal += bits
+        coded_sent += ws_message_bytes(
+            2 + 1 + 1 + (len(clip.tokens).bit_length() + 6) // 7 + len(code)
+        )
     assert rows["codes 256x2 (protocol 2)"]["bytes"] == sent
     assert rows["raw PCM (16-bit)"]["bytes"] == sum(
         ws_message_bytes(2 * len(load_audio(json.loads(line)["path"], 16000)))
@@ -100,6 +108,11 @@ def test_eval_wire_counts_the_real_frames(coded_bundle: Path, manifest: Path) ->
     assert rows["entropy-coded tokens"]["wer"] is None
     assert rows["tokens (protocol 2)"]["wer"] is None
     assert rows["tokens (protocol 2)"]["bytes"] == token_sent
+    coded = rows["entropy-coded tokens"]
+    assert coded["bytes"] == coded_sent  # (the tiny bundle's LM is no better than 10 bits)
+    assert "bits a token; ideal code" in coded["note"]
+    # Real codes: within a few bytes a clip of the LM's ideal code length.
+    assert ideal / 8 < coded_sent - 2 * 12 <= ideal / 8 + 2 * 2
     # The hello is paid once a session, or once an utterance at worst.
     codes_row = rows["codes 256x2 (protocol 2)"]
     assert codes_row["bytes_per_s_hello_each"] > codes_row["bytes_per_s"]
