@@ -352,6 +352,7 @@ def plot_wire(result: dict[str, Any], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    labelled: list[float] = []  # WERs labelled so far: a row at one of them labels below
     for row in result["rows"]:
         if row["wer"] is None:
             ax.axvline(row["bytes_per_s"], color="0.6", linestyle=":", linewidth=1)
@@ -364,12 +365,15 @@ def plot_wire(result: dict[str, Any], path: str, title: str) -> None:
                 xycoords=("data", "axes fraction"),
             )
             continue
-        ax.scatter(row["bytes_per_s"], 100 * row["wer"], s=30)
+        wer = 100 * row["wer"]
+        below = any(abs(wer - seen) < 1.0 for seen in labelled)
+        labelled.append(wer)
+        ax.scatter(row["bytes_per_s"], wer, s=30)
         ax.annotate(
             row["name"],
-            (row["bytes_per_s"], 100 * row["wer"]),
+            (row["bytes_per_s"], wer),
             fontsize=7,
-            xytext=(4, 4),
+            xytext=(4, -10 if below else 4),
             textcoords="offset points",
         )
     ax.set_xscale("log")
