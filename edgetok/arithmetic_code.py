@@ -70,6 +70,17 @@ def _check(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return symbols.astype(np.int64)
 
 
+def _narrow(
+    low: int, high: int, cumulative: np.ndarray, symbol: int, total: int
+) -> tuple[int, int]:
+    """The part of [low, high] that ``symbol`` takes under one position's cumulative
+    frequencies (the encoder's and the decoder's one step)."""
+    upper = int(cumulative[symbol])
+    lower = int(cumulative[symbol - 1]) if symbol else 0
+    span = high - low + 1
+    return low + span * lower // total, low + span * upper // total - 1
+
+
 def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
     """The arithmetic code of ``symbols`` [T] under ``freqs`` [T, V] (from
     ``frequencies``), zero-padded to whole bytes; an empty sequence codes to no bytes."""
@@ -89,11 +100,7 @@ def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
 
     low, high = 0, _TOP
     for t, symbol in enumerate(symbols.tolist()):
-        upper = int(cumulative[t, symbol])
-        lower = upper - int(freqs[t, symbol])
-        span = high - low + 1
-        high = low + span * upper // total - 1
-        low = low + span * lower // total
+        low, high = _narrow(low, high, cumulative[t], symbol, total)
         while True:
             if high < _HALF:
                 emit(0)
@@ -144,10 +151,7 @@ def decode(data: bytes, freqs: np.ndarray) -> np.ndarray:
         if symbol >= freqs.shape[1]:
             raise ValueError(f"arithmetic code out of range at symbol {t}")
         out[t] = symbol
-        upper = int(cumulative[t, symbol])
-        lower = upper - int(freqs[t, symbol])
-        high = low + span * upper // total - 1
-        low = low + span * lower // total
+        low, high = _narrow(low, high, cumulative[t], symbol, total)
         while True:
             if high < _HALF:
                 pass

@@ -42,7 +42,6 @@ import numpy as np
 from tqdm import tqdm
 
 from edgetok import arithmetic_code
-from edgetok.arithmetic_code import frequencies, ideal_bits
 from edgetok.audio import load_audio
 from edgetok.evaluate import Score, normalize
 from edgetok.manifest import Utterance
@@ -157,12 +156,14 @@ def token_frequencies(transcriber: Transcriber, tokens: np.ndarray) -> np.ndarra
     if len(tokens) == 0:
         return np.ones((0, vocab), np.int64)
     session = transcriber.entropy.session
-    return frequencies(session.run({"tokens": tokens[None].astype(np.int64)})["logits"][0])
+    return arithmetic_code.frequencies(
+        session.run({"tokens": tokens[None].astype(np.int64)})["logits"][0]
+    )
 
 
 def token_bits(transcriber: Transcriber, tokens: np.ndarray) -> float:
     """The ideal code length in bits of ``tokens`` under the entropy LM's probabilities."""
-    return ideal_bits(tokens, token_frequencies(transcriber, tokens))
+    return arithmetic_code.ideal_bits(tokens, token_frequencies(transcriber, tokens))
 
 
 def token_code(transcriber: Transcriber, tokens: np.ndarray) -> tuple[bytes, float]:
@@ -173,7 +174,7 @@ def token_code(transcriber: Transcriber, tokens: np.ndarray) -> tuple[bytes, flo
     code = arithmetic_code.encode(tokens, freqs)
     if not np.array_equal(arithmetic_code.decode(code, freqs), tokens):
         raise RuntimeError(f"the arithmetic code of {len(tokens)} token ids did not decode")
-    return code, ideal_bits(tokens, freqs)
+    return code, arithmetic_code.ideal_bits(tokens, freqs)
 
 
 @dataclass
